@@ -1,0 +1,228 @@
+/**
+ * The Dawn device and everything that talks to it directly: the buffer pool, the pipeline cache, the
+ * command encoder that batches dispatches, and batched readbacks. Kernel families (elementwise.ts,
+ * matmul.ts, ...) only call `dispatch`.
+ */
+import { create, globals } from 'webgpu';
+import { BackendUnavailableError, DeviceLimitError } from '../../errors.js';
+import type { DType } from '../../dtype.js';
+import type { Storage } from '../../backend.js';
+
+Object.assign(globalThis, globals);
+
+/** Keep Dawn's GPU object strongly reachable for the life of the process: if it is collected, Dawn crashes. */
+let gpuRoot: GPU | undefined;
+
+export class GpuStorage implements Storage {
+  readonly backend = 'webgpu' as const;
+  refs = 0;
+  freed = false;
+  constructor(readonly dtype: DType, readonly size: number, readonly buffer: GPUBuffer, readonly bytes: number) {}
+}
+
+const STORAGE_USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+/** Smallest pooled buffer; sizes round up to a power of two so buffers are reused across shapes. */
+const MIN_BUCKET = 256;
+
+export interface DispatchSpec {
+  /** Cache key: identifies the specialized WGSL source. */
+  key: string;
+  /** WGSL source, called only on a cache miss. */
+  source: () => string;
+  /** Storage buffers bound at @group(0) @binding(0..n-1), in order. */
+  buffers: GPUBuffer[];
+  /** u32/i32/f32 words for the params buffer bound after `buffers` (as array<u32>; bitcast in WGSL). */
+  params?: ArrayLike<number> | Uint32Array;
+  /** Number of workgroups wanted along x; split into a 2D grid when above the device limit. */
+  workgroups: number | [number, number, number];
+  /** Human-readable kernel name for the trace. */
+  kernel: string;
+}
+
+export class GpuContext {
+  readonly limits: GPUSupportedLimits;
+  private pool = new Map<number, GPUBuffer[]>();
+  /** Freed buffers whose last use may still sit in the unsubmitted encoder: pooled only after submit. */
+  private pendingFree: GPUBuffer[] = [];
+  private pipelines = new Map<string, GPUComputePipeline>();
+  private encoder: GPUCommandEncoder | null = null;
+  private pass: GPUComputePassEncoder | null = null;
+  private dispatchesInEncoder = 0;
+  private pendingReads: Array<() => void> = [];
+  private readScheduled = false;
+  lastKernel = '';
+  /** Bytes held by live storages (not counting the pool). */
+  liveBytes = 0;
+  pooledBytes = 0;
+  /** Dispatches recorded before an automatic submit (keeps encoders from growing without bound). */
+  static MAX_DISPATCHES_PER_SUBMIT = 512;
+
+  private constructor(readonly device: GPUDevice, readonly adapterInfo: string) {
+    this.limits = device.limits;
+  }
+
+  static async create(): Promise<GpuContext> {
+    gpuRoot ??= create([]);
+    const adapter = await gpuRoot.requestAdapter();
+    if (!adapter) throw new BackendUnavailableError('webgpu', 'no WebGPU adapter found (is a Vulkan driver such as Mesa lavapipe installed?)');
+    // Ask for the adapter's real limits, not the spec defaults.
+    const want = ['maxStorageBufferBindingSize', 'maxBufferSize', 'maxComputeWorkgroupStorageSize',
+      'maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupSizeX', 'maxComputeWorkgroupSizeY',
+      'maxComputeWorkgroupsPerDimension', 'maxStorageBuffersPerShaderStage'] as const;
+    const requiredLimits: Record<string, number> = {};
+    for (const k of want) requiredLimits[k] = adapter.limits[k];
+    const features: GPUFeatureName[] = [];
+    if (adapter.features.has('timestamp-query')) features.push('timestamp-query');
+    const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: features });
+    device.addEventListener('uncapturederror', (e) => {
+      // A validation error here is a bug in a kernel: make it loud.
+      process.stderr.write(`latentdem webgpu: uncaptured device error: ${(e as GPUUncapturedErrorEvent).error.message}\n`);
+    });
+    const info = adapter.info;
+    return new GpuContext(device, [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' '));
+  }
+
+  // ---- buffers ----
+  private bucket(bytes: number): number {
+    let b = MIN_BUCKET;
+    while (b < bytes) b *= 2;
+    return b;
+  }
+
+  /** A buffer of at least `bytes`, from the pool when one is free. */
+  acquire(bytes: number, op = 'alloc'): GPUBuffer {
+    const maxBinding = this.limits.maxStorageBufferBindingSize;
+    if (bytes > maxBinding) {
+      throw new DeviceLimitError(op, `needs a ${bytes}-byte buffer but the device binds at most ${maxBinding} bytes per storage buffer (maxStorageBufferBindingSize)`);
+    }
+    const size = Math.min(this.bucket(bytes), Math.max(maxBinding, 4));
+    const list = this.pool.get(size);
+    if (list && list.length) { this.pooledBytes -= size; return list.pop()!; }
+    return this.device.createBuffer({ size, usage: STORAGE_USAGE });
+  }
+
+  release(buf: GPUBuffer): void { this.pendingFree.push(buf); }
+
+  alloc(size: number, dtype: DType): GpuStorage {
+    const bytes = Math.max(4, size * 4);
+    const buf = this.acquire(bytes);
+    this.liveBytes += buf.size;
+    return new GpuStorage(dtype, size, buf, buf.size);
+  }
+
+  free(s: GpuStorage): void {
+    this.liveBytes -= s.bytes;
+    this.release(s.buffer);
+  }
+
+  /** Drop pooled buffers (frees device memory). */
+  trimPool(): void {
+    this.flush();
+    for (const list of this.pool.values()) for (const b of list) b.destroy();
+    this.pool.clear();
+    this.pooledBytes = 0;
+  }
+
+  writeBuffer(buf: GPUBuffer, data: ArrayBufferView): void {
+    // Buffers handed out by acquire() are never referenced by unsubmitted work, so a queue write is ordered correctly.
+    this.device.queue.writeBuffer(buf, 0, data.buffer, data.byteOffset, data.byteLength);
+  }
+
+  // ---- dispatch ----
+  private pipeline(spec: DispatchSpec): GPUComputePipeline {
+    let p = this.pipelines.get(spec.key);
+    if (!p) {
+      const module = this.device.createShaderModule({ code: spec.source(), label: spec.key });
+      p = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: spec.key });
+      this.pipelines.set(spec.key, p);
+    }
+    return p;
+  }
+
+  get pipelineCount(): number { return this.pipelines.size; }
+
+  dispatch(spec: DispatchSpec): void {
+    const pipeline = this.pipeline(spec);
+    const entries: GPUBindGroupEntry[] = spec.buffers.map((buffer, binding) => ({ binding, resource: { buffer } }));
+    let paramsBuf: GPUBuffer | null = null;
+    if (spec.params) {
+      const words = spec.params instanceof Uint32Array ? spec.params : Uint32Array.from(spec.params as ArrayLike<number>);
+      paramsBuf = this.acquire(Math.max(16, words.byteLength));
+      this.writeBuffer(paramsBuf, words);
+      entries.push({ binding: entries.length, resource: { buffer: paramsBuf } });
+    }
+    const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    let [x, y, z] = typeof spec.workgroups === 'number' ? [spec.workgroups, 1, 1] : spec.workgroups;
+    const maxDim = this.limits.maxComputeWorkgroupsPerDimension;
+    if (x > maxDim) {
+      if (y !== 1) throw new DeviceLimitError(spec.kernel, `grid ${x}x${y}x${z} exceeds ${maxDim} workgroups per dimension`);
+      y = Math.ceil(x / maxDim); x = maxDim;
+    }
+    if (y > maxDim || z > maxDim) throw new DeviceLimitError(spec.kernel, `grid ${x}x${y}x${z} exceeds ${maxDim} workgroups per dimension`);
+    if (x * y * z === 0) { if (paramsBuf) this.release(paramsBuf); return; }
+    if (!this.encoder) this.encoder = this.device.createCommandEncoder();
+    if (!this.pass) this.pass = this.encoder.beginComputePass();
+    this.pass.setPipeline(pipeline);
+    this.pass.setBindGroup(0, bindGroup);
+    this.pass.dispatchWorkgroups(x, y, z);
+    if (paramsBuf) this.release(paramsBuf);
+    this.lastKernel = spec.kernel;
+    if (++this.dispatchesInEncoder >= GpuContext.MAX_DISPATCHES_PER_SUBMIT) this.flush();
+  }
+
+  /** Record a buffer-to-buffer copy (ends the current compute pass). */
+  copyBuffer(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
+    if (!this.encoder) this.encoder = this.device.createCommandEncoder();
+    if (this.pass) { this.pass.end(); this.pass = null; }
+    this.encoder.copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
+  }
+
+  /** Submit recorded work; buffers freed before this point become reusable. */
+  flush(): void {
+    if (this.encoder) {
+      if (this.pass) { this.pass.end(); this.pass = null; }
+      this.device.queue.submit([this.encoder.finish()]);
+      this.encoder = null;
+      this.dispatchesInEncoder = 0;
+    }
+    for (const b of this.pendingFree) {
+      const list = this.pool.get(b.size);
+      if (list) list.push(b); else this.pool.set(b.size, [b]);
+      this.pooledBytes += b.size;
+    }
+    this.pendingFree = [];
+  }
+
+  /**
+   * Copy `bytes` from `buf` at `offset` back to the host. Reads requested in the same tick share one
+   * submit and are mapped together.
+   */
+  readBytes(buf: GPUBuffer, offset: number, bytes: number): Promise<ArrayBuffer> {
+    const size = Math.max(4, Math.ceil(bytes / 4) * 4);
+    const staging = this.device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    if (bytes > 0) this.copyBuffer(buf, offset, staging, 0, size);
+    return new Promise<ArrayBuffer>((resolve, reject) => {
+      this.pendingReads.push(() => {
+        staging.mapAsync(GPUMapMode.READ).then(() => {
+          const out = staging.getMappedRange().slice(0, bytes);
+          staging.unmap(); staging.destroy();
+          resolve(out);
+        }, reject);
+      });
+      if (!this.readScheduled) {
+        this.readScheduled = true;
+        queueMicrotask(() => {
+          this.readScheduled = false;
+          this.flush();
+          const reads = this.pendingReads; this.pendingReads = [];
+          for (const r of reads) r();
+        });
+      }
+    });
+  }
+
+  async sync(): Promise<void> {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+  }
+}

@@ -1,0 +1,65 @@
+/** The WebGPU backend: WGSL compute shaders through Dawn. Kernel families live one per file. */
+import type { Backend, Conv2dParams, RandomParams, ReduceOp, Storage, UnaryArgs, UnaryOp, BinaryOp, View } from '../../backend.js';
+import { contiguousStrides as contiguous, isContiguous, numelOf } from '../../backend.js';
+import type { DType, TypedArray } from '../../dtype.js';
+import { BackendMismatchError } from '../../errors.js';
+import { GpuContext, GpuStorage } from './context.js';
+import * as ew from './elementwise.js';
+import { reduce } from './reduce.js';
+import { matmul } from './matmul.js';
+import { conv2d } from './conv2d.js';
+import { fft2 } from './fft.js';
+import { random } from './random.js';
+
+export { GpuContext, GpuStorage };
+
+function gs(s: Storage, op: string): GpuStorage {
+  if (!(s instanceof GpuStorage)) throw new BackendMismatchError(op, `expected a webgpu storage, got ${s.backend}`);
+  return s;
+}
+
+export class WebGpuBackend implements Backend {
+  readonly name = 'webgpu' as const;
+  constructor(readonly ctx: GpuContext) {}
+
+  static async create(): Promise<WebGpuBackend> { return new WebGpuBackend(await GpuContext.create()); }
+
+  get lastKernel(): string { return this.ctx.lastKernel; }
+
+  alloc(size: number, dtype: DType): Storage { return this.ctx.alloc(size, dtype); }
+  free(s: Storage): void { this.ctx.free(gs(s, 'free')); }
+  upload(data: TypedArray): Storage {
+    const s = this.ctx.alloc(data.length, data instanceof Float32Array ? 'float32' : 'int32');
+    if (data.length) this.ctx.writeBuffer(s.buffer, data);
+    return s;
+  }
+  async read(v: View): Promise<TypedArray> {
+    const n = numelOf(v.shape);
+    const dtype = v.storage.dtype;
+    let src = v; let tmp: GpuStorage | null = null;
+    if (!isContiguous(v)) {
+      tmp = this.ctx.alloc(n, dtype);
+      ew.copy(this.ctx, v, { storage: tmp, shape: v.shape, strides: contiguous(v.shape), offset: 0 });
+      src = { storage: tmp, shape: v.shape, strides: contiguous(v.shape), offset: 0 };
+    }
+    const p = this.ctx.readBytes(gs(src.storage, 'read').buffer, src.offset * 4, n * 4);
+    if (tmp) this.ctx.free(tmp);
+    const bytes = await p;
+    return dtype === 'float32' ? new Float32Array(bytes) : new Int32Array(bytes);
+  }
+  sync(): Promise<void> { return this.ctx.sync(); }
+
+  fill(out: Storage, value: number): void { ew.fill(this.ctx, gs(out, 'fill'), value); }
+  copy(src: View, dst: View): void { ew.copy(this.ctx, src, dst); }
+  cast(x: View, out: Storage): void { ew.cast(this.ctx, x, gs(out, 'cast')); }
+  unary(op: UnaryOp, x: View, out: Storage, args?: UnaryArgs): void { ew.unary(this.ctx, op, x, gs(out, op), args); }
+  binary(op: BinaryOp, a: View, b: View, out: Storage): void { ew.binary(this.ctx, op, a, b, gs(out, op)); }
+  where(cond: View, a: View, b: View, out: Storage): void { ew.where(this.ctx, cond, a, b, gs(out, 'where')); }
+  reduce(op: ReduceOp, x: View, reducedRank: number, out: Storage): void { reduce(this.ctx, op, x, reducedRank, gs(out, op)); }
+  matmul(a: View, b: View, out: Storage): void { matmul(this.ctx, a, b, gs(out, 'matmul')); }
+  conv2d(x: View, w: View, p: Conv2dParams, out: Storage): void { conv2d(this.ctx, x, w, p, gs(out, 'conv2d')); }
+  fft2(re: View, im: View, inverse: boolean, outRe: Storage, outIm: Storage): void {
+    fft2(this.ctx, re, im, inverse, gs(outRe, 'fft2'), gs(outIm, 'fft2'));
+  }
+  random(p: RandomParams, out: Storage): void { random(this.ctx, p, gs(out, 'random')); }
+}
