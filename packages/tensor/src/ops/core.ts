@@ -1,0 +1,68 @@
+/** Shared machinery for op definitions: output allocation, input checks, the trace hook. */
+import type { Backend } from '../backend.js';
+import { contiguousStrides } from '../backend.js';
+import type { DType, TypedArray } from '../dtype.js';
+import { BackendMismatchError, DTypeError, fmtShape } from '../errors.js';
+import { numel } from '../shape.js';
+import { Tensor } from '../tensor.js';
+import { getBackend } from '../runtime.js';
+import { recordEvent, tracing, now } from '../trace.js';
+
+/** A new contiguous tensor of `shape` on `backend` (contents undefined until a kernel writes it). */
+export function empty(backend: Backend, shape: readonly number[], dtype: DType): Tensor {
+  return new Tensor(backend.alloc(numel(shape), dtype), [...shape], contiguousStrides(shape), 0, backend);
+}
+
+/** A tensor sharing `x`'s storage with another shape/strides/offset. */
+export function viewOf(x: Tensor, shape: readonly number[], strides: readonly number[], offset: number): Tensor {
+  return new Tensor(x.storage, [...shape], [...strides], offset, x.backend);
+}
+
+export function fromData(data: TypedArray, shape: readonly number[], backend: Backend): Tensor {
+  return new Tensor(backend.upload(data), [...shape], contiguousStrides(shape), 0, backend);
+}
+
+/** Checks liveness and a common backend; returns it. */
+export function backendOf(op: string, ...ts: Tensor[]): Backend {
+  for (const t of ts) t.assertLive(op);
+  const b = ts[0].backend;
+  for (const t of ts) {
+    if (t.backend !== b) {
+      throw new BackendMismatchError(op, `inputs live on different backends: ${ts.map((x) => `${fmtShape(x.shape)} on ${x.backend.name}`).join(', ')} (move one with await t.to(...))`);
+    }
+  }
+  return b;
+}
+
+export function sameDType(op: string, ...ts: Tensor[]): DType {
+  const d = ts[0].dtype;
+  for (const t of ts) {
+    if (t.dtype !== d) throw new DTypeError(op, `inputs have different dtypes: ${ts.map((x) => `${fmtShape(x.shape)} ${x.dtype}`).join(', ')} (cast one explicitly)`);
+  }
+  return d;
+}
+
+export function requireFloat(op: string, ...ts: Tensor[]): void {
+  for (const t of ts) if (t.dtype !== 'float32') throw new DTypeError(op, `needs float32 input, got ${t.dtype} ${fmtShape(t.shape)}`);
+}
+
+/** Runs a backend kernel and, when tracing, records it. */
+export function launch(op: string, backend: Backend, inputs: readonly Tensor[], outputs: readonly Tensor[], fn: () => void): void {
+  if (!tracing()) { fn(); return; }
+  const t0 = now();
+  fn();
+  recordEvent(op, backend.name, backend.lastKernel, inputs.map((t) => [...t.shape]), outputs.map((t) => [...t.shape]), t0);
+}
+
+/** Numbers become scalar tensors on `like`'s backend and dtype. */
+export function lift(v: Tensor | number, like: Tensor): Tensor {
+  if (v instanceof Tensor) return v;
+  const b = like.backend;
+  return fromData(like.dtype === 'int32' ? Int32Array.of(v) : Float32Array.of(v), [], b);
+}
+
+export function scalarOn(value: number, backend: Backend, dtype: DType = 'float32'): Tensor {
+  return fromData(dtype === 'int32' ? Int32Array.of(value) : Float32Array.of(value), [], backend);
+}
+
+export { getBackend };
