@@ -95,3 +95,27 @@ for (const b of backends) {
     t.ok(close(await L.fftConv2d(xt, kt, { mode: 'same' }).data(), same, 1e-5).ok, 'same');
   });
 }
+
+for (const b of backends) {
+  t.test(`${b.name}: int32 tensors for indices: arithmetic, comparisons, reductions, casts`, async (t) => {
+    const a = L.tensor(Int32Array.of(7, -7, 3, 0), { backend: b, shape: [2, 2] });
+    const c = L.tensor(Int32Array.of(2, 2, -2, 5), { backend: b, shape: [2, 2] });
+    t.equal(a.dtype, 'int32');
+    t.same([...await a.add(c).data()], [9, -5, 1, 5], 'add');
+    t.same([...await a.mul(c).data()], [14, -14, -6, 0], 'mul');
+    t.same([...await a.div(c).data()], [3, -3, -1, 0], 'div truncates toward zero');
+    t.same([...await a.neg().abs().data()], [7, 7, 3, 0], 'neg, abs');
+    t.same([...await a.maximum(c).data()], [7, 2, 3, 5], 'maximum');
+    const lt = a.lt(c);
+    t.equal(lt.dtype, 'float32', 'comparisons give float32 masks');
+    t.same([...await lt.data()], [0, 1, 0, 1]);
+    t.same([...await a.sum(1).data()], [0, 3], 'sum');
+    t.same([...await a.max(0).data()], [7, 0], 'max');
+    t.same([...await L.where(lt, a, c).data()], [2, -7, -2, 0], 'where');
+    t.same([...await L.tensor([1.7, -1.7, 2.5], { backend: b }).cast('int32').data()], [1, -1, 2], 'float -> int truncates');
+    t.same([...await a.cast('float32').data()], [7, -7, 3, 0], 'int -> float');
+    t.same([...await a.transpose().contiguous().data()], [7, 3, -7, 0], 'views');
+    t.same([...await L.arange(4, { backend: b }).data()], [0, 1, 2, 3]);
+    t.equal(L.arange(4, { backend: b }).dtype, 'int32', 'integer arange is int32');
+  });
+}

@@ -74,7 +74,8 @@ export const zerosLike = (x: Tensor, opts: CreateOptions = {}): Tensor => full(x
 export const onesLike = (x: Tensor, opts: CreateOptions = {}): Tensor => full(x.shape, 1, { dtype: x.dtype, backend: x.backend, ...opts });
 
 /** start, start+step, ... < end (like torch.arange). */
-export function arange(start: number, end?: number, step = 1, opts: CreateOptions = {}): Tensor {
+export function arange(start: number, end?: number | CreateOptions, step = 1, opts: CreateOptions = {}): Tensor {
+  if (typeof end === 'object') { opts = end; end = undefined; }
   if (end === undefined) { end = start; start = 0; }
   if (step === 0 || !Number.isFinite(step)) throw new ShapeError('arange', `step must be finite and non-zero, got ${step}`);
   const n = Math.max(0, Math.ceil((end - start) / step));
