@@ -19,6 +19,8 @@ export class BackendMismatchError extends LatentdemError {}
 export class DeviceLimitError extends LatentdemError {}
 /** No backend of the requested kind can be created (e.g. no WebGPU adapter). */
 export class BackendUnavailableError extends LatentdemError {}
+/** An image file that cannot be read, decoded or written. */
+export class ImageError extends LatentdemError {}
 /** A gradient asked for where none can be computed. */
 export class GradientError extends LatentdemError {}
 
