@@ -4,6 +4,8 @@ import * as L from '../src/index.js';
 import { testBackends } from './helpers.js';
 
 const backends = await testBackends();
+const gpu = backends.find((b) => b.name === 'webgpu');
+const needsGpu = { skip: gpu ? false : 'no webgpu adapter' };
 
 t.test('shape, axis, dtype and gradient errors name the op and shapes', async (t) => {
   const a = L.zeros([2, 3], { backend: 'cpu' });
@@ -39,9 +41,8 @@ t.test('use after dispose is a DisposedError naming the op and shape', async (t)
   t.pass('dispose is idempotent');
 });
 
-t.test('mixing backends is a BackendMismatchError', async (t) => {
-  const gpu = backends.find((b) => b.name === 'webgpu');
-  if (!gpu) { t.skip('no webgpu'); return; }
+t.test('mixing backends is a BackendMismatchError', needsGpu, async (t) => {
+  if (!gpu) return;
   const a = L.ones([2], { backend: 'cpu' });
   const b = L.ones([2], { backend: gpu });
   t.throws(() => a.add(b), { name: 'BackendMismatchError', message: /add: inputs live on different backends: \[2\] on cpu, \[2\] on webgpu/ });
@@ -49,9 +50,8 @@ t.test('mixing backends is a BackendMismatchError', async (t) => {
   t.same([...await moved.add(b).data()], [2, 2], 'after to(), they combine');
 });
 
-t.test('a buffer beyond the device limit is a DeviceLimitError, not a wrong result', async (t) => {
-  const gpu = backends.find((b) => b.name === 'webgpu');
-  if (!gpu) { t.skip('no webgpu'); return; }
+t.test('a buffer beyond the device limit is a DeviceLimitError, not a wrong result', needsGpu, async (t) => {
+  if (!gpu) return;
   const limit = (gpu as unknown as { ctx: { limits: GPUSupportedLimits } }).ctx.limits.maxStorageBufferBindingSize;
   t.throws(() => L.zeros([Math.ceil(limit / 4) + 1024], { backend: gpu }), { name: 'DeviceLimitError', message: /maxStorageBufferBindingSize/ });
 });
