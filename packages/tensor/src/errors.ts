@@ -17,6 +17,8 @@ export class DisposedError extends LatentdemError {}
 export class BackendMismatchError extends LatentdemError {}
 /** A tensor or dispatch beyond what the device allows. */
 export class DeviceLimitError extends LatentdemError {}
+/** The device reported an error (e.g. a kernel failed validation); its later results are not trusted. */
+export class DeviceError extends LatentdemError {}
 /** No backend of the requested kind can be created (e.g. no WebGPU adapter). */
 export class BackendUnavailableError extends LatentdemError {}
 /** An image file that cannot be read, decoded or written. */

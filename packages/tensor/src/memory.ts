@@ -51,7 +51,9 @@ export function tidy<T>(fn: () => T): T {
   const keep = new Set<Disposable>();
   collect(result, isTensor, keep);
   for (const t of scope) if (!keep.has(t)) t.dispose();
-  for (const t of keep) if (!t.isDisposed) trackInScope(t);
+  // Only tensors this scope owned move to the enclosing one: a returned tensor created outside (or keep()-ed)
+  // must not become the enclosing scope's to dispose.
+  for (const t of keep) if (!t.isDisposed && scope.has(t)) trackInScope(t);
   return result;
 }
 

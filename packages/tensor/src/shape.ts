@@ -18,10 +18,12 @@ export function broadcastShapes(op: string, ...shapes: Shape[]): number[] {
 }
 
 export function normalizeAxis(op: string, axis: number, rank: number): number {
-  if (!Number.isInteger(axis) || axis < -rank || axis >= Math.max(rank, 1) && !(rank === 0 && axis === 0)) {
+  // A rank-0 tensor accepts axis 0 and -1, as in PyTorch.
+  const r = Math.max(rank, 1);
+  if (!Number.isInteger(axis) || axis < -r || axis >= r) {
     throw new AxisError(op, `axis ${axis} is out of range for a tensor of rank ${rank}`);
   }
-  return axis < 0 ? axis + rank : axis;
+  return axis < 0 ? axis + r : axis;
 }
 
 /** Sorted, unique axes; undefined means all axes. */
@@ -30,6 +32,8 @@ export function normalizeAxes(op: string, axes: number | readonly number[] | und
   const list = (typeof axes === 'number' ? [axes] : [...axes]).map((a) => normalizeAxis(op, a, rank));
   const set = new Set(list);
   if (set.size !== list.length) throw new AxisError(op, `repeated axis in [${axes}]`);
+  // Axis 0 / -1 of a rank-0 tensor names no real axis: reducing, flipping or squeezing it is the identity.
+  if (rank === 0) return [];
   return [...set].sort((a, b) => a - b);
 }
 

@@ -68,6 +68,7 @@ export class Tensor implements View {
       this.backend.free(this.storage);
     }
     this.node = null;
+    if (this.grad) { this.grad.dispose(); this.grad = null; }
     if (this.owned) for (const t of this.owned) t.dispose();
     this.owned = null;
   }

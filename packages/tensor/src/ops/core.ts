@@ -55,8 +55,11 @@ export function launch(op: string, backend: Backend, inputs: readonly Tensor[], 
 }
 
 /** Numbers become scalar tensors on `like`'s backend and dtype. */
-export function lift(v: Tensor | number, like: Tensor): Tensor {
+export function lift(v: Tensor | number, like: Tensor, op = 'lift'): Tensor {
   if (v instanceof Tensor) return v;
+  if (like.dtype === 'int32' && !Number.isInteger(v)) {
+    throw new DTypeError(op, `the number ${v} cannot combine with int32 ${fmtShape(like.shape)} without truncation (cast the tensor to float32)`);
+  }
   const b = like.backend;
   return fromData(like.dtype === 'int32' ? Int32Array.of(v) : Float32Array.of(v), [], b);
 }

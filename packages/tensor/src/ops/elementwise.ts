@@ -88,13 +88,13 @@ function expandView(x: Tensor, shape: readonly number[]): { storage: Tensor['sto
 }
 
 type Arg = Tensor | number;
-const lhs = (a: Arg, b: Arg): Tensor => (a instanceof Tensor ? a : lift(a, b as Tensor));
-const rhs = (a: Arg, b: Arg): Tensor => (b instanceof Tensor ? b : lift(b, a as Tensor));
+const lhs = (a: Arg, b: Arg, op?: string): Tensor => (a instanceof Tensor ? a : lift(a, b as Tensor, op));
+const rhs = (a: Arg, b: Arg, op?: string): Tensor => (b instanceof Tensor ? b : lift(b, a as Tensor, op));
 
 function binary(op: BinaryOp, grads: ((a: Tensor, b: Tensor, y: Tensor, g: Tensor) => [Tensor | null, Tensor | null]) | null) {
   return (a: Arg, b: Arg): Tensor => {
-    const x = lhs(a, b);
-    const z = rhs(a, b);
+    const x = lhs(a, b, op);
+    const z = rhs(a, b, op);
     if (op !== 'add' && op !== 'sub' && op !== 'mul' && op !== 'div' && op !== 'maximum' && op !== 'minimum') requireFloat(op, x, z);
     const y = binaryKernel(op, x, z);
     adopt(y, x, a); adopt(y, z, b);
@@ -113,7 +113,8 @@ export const sub = binary('sub', (_a, _b, _y, g) => [g, neg(g)]);
 export const mul = binary('mul', (a, b, _y, g) => [mul(g, b), mul(g, a)]);
 export const div = binary('div', (a, b, y, g) => [div(g, b), neg(mul(g, div(y, b)))]);
 export const pow = binary('pow', (a, b, y, g) => [
-  mul(g, mul(b, pow(a, sub(b, 1)))),
+  // b a^(b-1), taken as 0 where b == 0 (d/da a^0 = 0; PyTorch masks it the same way; 0 * 0^-1 would be NaN).
+  mul(g, where(eq(b, 0), 0, mul(b, pow(a, sub(b, 1))))),
   // d/db a^b = a^b log a, taken as 0 where a <= 0 (as PyTorch does for a == 0).
   mul(g, where(gt(a, 0), mul(y, log(maximum(a, 1e-38))), 0)),
 ]);
@@ -129,7 +130,7 @@ export const minimum = binary('minimum', (a, b, _y, g) => {
 
 function comparison(op: BinaryOp) {
   return (a: Arg, b: Arg): Tensor => {
-    const x = lhs(a, b); const z = rhs(a, b);
+    const x = lhs(a, b, op); const z = rhs(a, b, op);
     const y = binaryKernel(op, x, z, 'float32');
     adopt(y, x, a); adopt(y, z, b);
     return y;
@@ -150,8 +151,8 @@ export const ge = comparison('ge');
 
 /** cond != 0 ? a : b, broadcasting all three. Differentiable in a and b. */
 export function where(cond: Tensor, a: Arg, b: Arg): Tensor {
-  const x = a instanceof Tensor ? a : b instanceof Tensor ? lift(a, b) : scalarOn(a, cond.backend);
-  const z = b instanceof Tensor ? b : lift(b, x);
+  const x = a instanceof Tensor ? a : b instanceof Tensor ? lift(a, b, 'where') : scalarOn(a, cond.backend);
+  const z = b instanceof Tensor ? b : lift(b, x, 'where');
   const be = backendOf('where', cond, x, z);
   const dtype = sameDType('where', x, z);
   const shape = broadcastShapes('where', cond.shape, x.shape, z.shape);

@@ -1,7 +1,7 @@
 /** Running the tape backwards: `backward()` for leaves' `.grad`, and the functional `grad` / `valueAndGrad`. */
 import { noGrad, topoNodes } from '../autodiff.js';
 import { GradientError, ShapeError, fmtShape } from '../errors.js';
-import { tidy } from '../memory.js';
+import { keep, tidy } from '../memory.js';
 import { sameShape } from '../shape.js';
 import { Tensor } from '../tensor.js';
 import { full } from './creation.js';
@@ -41,15 +41,13 @@ export function backward(roots: readonly Tensor[], seeds?: readonly Tensor[], ac
       for (const [t, g] of grads) {
         if (t.node) continue;
         // A private copy: the same gradient tensor may reach several leaves.
-        const own = clone(g);
-        if (t.grad) { const sum = add(t.grad, own); t.grad.dispose(); own.dispose(); t.grad = sum; } else t.grad = own;
+        // .grad belongs to its leaf, not to any tidy scope (the caller's included): keep() it.
+        const own = keep(clone(g));
+        if (t.grad) { const sum = keep(add(t.grad, own)); t.grad.dispose(); own.dispose(); t.grad = sum; } else t.grad = own;
       }
     }
-    const kept: Tensor[] = [];
-    for (const t of grads.keys()) if (accumulate && !t.node && t.grad) kept.push(t.grad);
-    const out = wrt.map((t) => { const g = grads.get(t); return g ? clone(g) : null; });
-    return [kept, out] as const;
-  })[1]);
+    return wrt.map((t) => { const g = grads.get(t); return g ? clone(g) : null; });
+  }));
 }
 
 /** Functional gradient: grad(f)(...xs) returns d f / d x_i for each argument (f must return one element). */
@@ -66,7 +64,7 @@ export function valueAndGrad(f: (...xs: Tensor[]) => Tensor): (...xs: Tensor[]) 
     if (!value.requiresGrad) throw new GradientError('grad', `f's result ${fmtShape(value.shape)} does not depend on its arguments`);
     const gs = backward([value], undefined, false, watched);
     const grads = gs.map((g, i) => g ?? full(xs[i].shape, 0, { backend: xs[i].backend }));
-    for (const w of watched) w.dispose();
+    for (const w of watched) { if (w === value) w.requiresGrad = false; else w.dispose(); }
     return { value, grads };
   };
 }

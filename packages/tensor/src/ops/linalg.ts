@@ -5,7 +5,7 @@ import { noGrad, record } from '../autodiff.js';
 import { broadcastShapes, numel } from '../shape.js';
 import type { Tensor } from '../tensor.js';
 import { backendOf, empty, launch, requireFloat } from './core.js';
-import { contiguous, expand, transpose, unsqueeze, squeeze } from './views.js';
+import { contiguous, expand, reshape, transpose, unsqueeze } from './views.js';
 import { unbroadcast } from './broadcast.js';
 
 /** Views a [...batch, R, C] tensor as [B, R, C] when its batch dims merge into one stride, else null. */
@@ -28,8 +28,17 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   const be = backendOf('matmul', a, b);
   requireFloat('matmul', a, b);
   if (a.rank === 0 || b.rank === 0) throw new ShapeError('matmul', `needs at least 1-D inputs, got ${fmtShape(a.shape)} @ ${fmtShape(b.shape)}`);
-  if (a.rank === 1) return squeeze(matmul(unsqueeze(a, 0), b), -2);
-  if (b.rank === 1) return squeeze(matmul(a, unsqueeze(b, 1)), -1);
+  if (a.rank === 1 || b.rank === 1) {
+    // 1-D operands become matrices; the added axes are dropped again (both 1-D: a rank-0 dot product).
+    const a2 = a.rank === 1 ? unsqueeze(a, 0) : a;
+    const b2 = b.rank === 1 ? unsqueeze(b, 1) : b;
+    const m = matmul(a2, b2);
+    const r = reshape(m, m.shape.filter((_, d) => !((a.rank === 1 && d === m.rank - 2) || (b.rank === 1 && d === m.rank - 1))));
+    r.own(m);
+    if (a2 !== a) r.own(a2);
+    if (b2 !== b) r.own(b2);
+    return r;
+  }
   const [m, k] = a.shape.slice(-2);
   const [k2, n] = b.shape.slice(-2);
   if (k !== k2) throw new ShapeError('matmul', `inner dimensions differ: ${fmtShape(a.shape)} @ ${fmtShape(b.shape)}`);

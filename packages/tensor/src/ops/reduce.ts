@@ -6,7 +6,8 @@ import { normalizeAxes, numel } from '../shape.js';
 import type { Tensor } from '../tensor.js';
 import { backendOf, empty, launch } from './core.js';
 import { reshape, expand, detach } from './views.js';
-import { div, eq, exp, log, mul, sub, square, add } from './elementwise.js';
+import { abs, div, eq, exp, log, mul, sub, square, add, where } from './elementwise.js';
+import { composite } from './composite.js';
 
 export interface ReduceOptions { keepdim?: boolean }
 export interface VarOptions extends ReduceOptions {
@@ -32,7 +33,10 @@ function reduceKernel(op: ReduceOp, x: Tensor, axes: readonly number[]): Tensor 
 }
 
 function finish(y: Tensor, x: Tensor, axes: readonly number[], keepdim: boolean): Tensor {
-  return keepdim ? y : reshape(y, x.shape.filter((_, d) => !axes.includes(d)));
+  if (keepdim) return y;
+  const r = reshape(y, x.shape.filter((_, d) => !axes.includes(d)));
+  r.own(y); // the keepdim intermediate goes with the result
+  return r;
 }
 
 export function sum(x: Tensor, axes?: number | readonly number[], opts: ReduceOptions = {}): Tensor {
@@ -47,7 +51,7 @@ export function mean(x: Tensor, axes?: number | readonly number[], opts: ReduceO
   if (x.dtype !== 'float32') throw new DTypeError('mean', `needs float32 input, got ${x.dtype} ${fmtShape(x.shape)}`);
   const ax = normalizeAxes('mean', axes, x.rank);
   const n = numel(ax.map((d) => x.shape[d]));
-  return div(sum(x, ax, opts), n);
+  return composite([x], () => div(sum(x, ax, opts), n));
 }
 
 function extremum(op: 'max' | 'min') {
@@ -84,16 +88,21 @@ export function variance(x: Tensor, axes?: number | readonly number[], opts: Var
   const ax = normalizeAxes('var', axes, x.rank);
   const n = numel(ax.map((d) => x.shape[d]));
   const c = opts.correction ?? 1;
-  const m = mean(x, ax, { keepdim: true });
-  const ss = sum(square(sub(x, m)), ax, { keepdim: opts.keepdim });
-  return div(ss, Math.max(n - c, 0));
+  return composite([x], () => {
+    const m = mean(x, ax, { keepdim: true });
+    const ss = sum(square(sub(x, m)), ax, { keepdim: opts.keepdim });
+    return div(ss, Math.max(n - c, 0));
+  });
 }
 
 /** log(sum(exp(x))) computed stably around the maximum. */
 export function logsumexp(x: Tensor, axes?: number | readonly number[], opts: ReduceOptions = {}): Tensor {
   const ax = normalizeAxes('logsumexp', axes, x.rank);
-  const m = detach(noGrad(() => max(x, ax, { keepdim: true })));
-  const s = log(sum(exp(sub(x, m)), ax, { keepdim: true }));
-  return finish(add(s, m), x, ax, opts.keepdim ?? false);
+  return composite([x], () => {
+    // An infinite maximum (a row of -inf, or a +inf entry) is not subtracted: x - m would be NaN.
+    const m = detach(noGrad(() => { const mx = max(x, ax, { keepdim: true }); return where(eq(abs(mx), Infinity), 0, mx); }));
+    const s = log(sum(exp(sub(x, m)), ax, { keepdim: true }));
+    return finish(add(s, m), x, ax, opts.keepdim ?? false);
+  });
 }
 

@@ -107,6 +107,7 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   const strides = viewStrides(x, target);
   const base = strides ? x : contiguous(x);
   const out = viewOf(base, target, strides ?? contiguousStrides(target), base.offset);
+  if (base !== x) out.own(base); // the copy lives as long as the view of it
   const inShape = x.shape;
   record('reshape', [x], [out], ([g]) => [reshape(g!, inShape)]);
   return out;
@@ -152,7 +153,7 @@ function resolveSlice(op: string, x: Tensor, specs: readonly (SliceSpec | null)[
     let [start, end, step] = spec ?? [0, n, 1];
     end ??= n; step ??= 1;
     if (!Number.isInteger(start) || !Number.isInteger(end) || !Number.isInteger(step) || step <= 0) {
-      throw new ShapeError(op, `axis ${d}: slice [${spec}] needs integers and a positive step`);
+      throw new ShapeError(op, `axis ${d} of ${fmtShape(x.shape)}: slice [${spec}] needs integers and a positive step`);
     }
     if (start < 0) start += n;
     if (end < 0) end += n;
@@ -267,6 +268,7 @@ export function concat(xs: readonly Tensor[], axis = 0): Tensor {
   const b = backendOf('concat', ...xs);
   const dtype = sameDType('concat', ...xs);
   const first = xs[0];
+  if (first.rank === 0) throw new ShapeError('concat', `zero-dimensional tensors ${xs.map((u) => fmtShape(u.shape)).join(', ')} cannot be concatenated (use stack)`);
   const a = normalizeAxis('concat', axis, first.rank);
   for (const t of xs) {
     if (t.rank !== first.rank || t.shape.some((n, d) => d !== a && n !== first.shape[d])) {

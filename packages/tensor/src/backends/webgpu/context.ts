@@ -4,7 +4,7 @@
  * matmul.ts, ...) only call `dispatch`.
  */
 import { create, globals } from 'webgpu';
-import { BackendUnavailableError, DeviceLimitError } from '../../errors.js';
+import { BackendUnavailableError, DeviceError, DeviceLimitError } from '../../errors.js';
 import type { DType } from '../../dtype.js';
 import type { Storage } from '../../backend.js';
 
@@ -51,6 +51,8 @@ export class GpuContext {
   private pendingReads: Array<() => void> = [];
   private readScheduled = false;
   lastKernel = '';
+  /** The first device error seen; once set, results can no longer be trusted. */
+  deviceError: string | null = null;
   /** Bytes held by live storages (not counting the pool). */
   liveBytes = 0;
   pooledBytes = 0;
@@ -74,12 +76,16 @@ export class GpuContext {
     const features: GPUFeatureName[] = [];
     if (adapter.features.has('timestamp-query')) features.push('timestamp-query');
     const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: features });
-    device.addEventListener('uncapturederror', (e) => {
-      // A validation error here is a bug in a kernel: make it loud.
-      process.stderr.write(`latentdem webgpu: uncaptured device error: ${(e as GPUUncapturedErrorEvent).error.message}\n`);
-    });
     const info = adapter.info;
-    return new GpuContext(device, [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' '));
+    const ctx = new GpuContext(device, [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' '));
+    device.addEventListener('uncapturederror', (e) => {
+      // A device error drops the whole submitted batch, so later reads would return stale data: remember it
+      // and fail every later read, sync and dispatch instead of answering wrongly.
+      const msg = (e as GPUUncapturedErrorEvent).error.message;
+      ctx.deviceError ??= msg;
+      process.stderr.write(`latentdem webgpu: device error: ${msg}\n`);
+    });
+    return ctx;
   }
 
   // ---- buffers ----
@@ -141,7 +147,12 @@ export class GpuContext {
 
   get pipelineCount(): number { return this.pipelines.size; }
 
+  private checkHealthy(op: string): void {
+    if (this.deviceError) throw new DeviceError(op, `the WebGPU device reported an error, so results after it cannot be trusted: ${this.deviceError}`);
+  }
+
   dispatch(spec: DispatchSpec): void {
+    this.checkHealthy(spec.kernel);
     const pipeline = this.pipeline(spec);
     const entries: GPUBindGroupEntry[] = spec.buffers.map((buffer, binding) => ({ binding, resource: { buffer } }));
     let paramsBuf: GPUBuffer | null = null;
@@ -206,7 +217,7 @@ export class GpuContext {
         staging.mapAsync(GPUMapMode.READ).then(() => {
           const out = staging.getMappedRange().slice(0, bytes);
           staging.unmap(); staging.destroy();
-          resolve(out);
+          try { this.checkHealthy('read'); resolve(out); } catch (e) { reject(e); }
         }, reject);
       });
       if (!this.readScheduled) {
@@ -224,5 +235,6 @@ export class GpuContext {
   async sync(): Promise<void> {
     this.flush();
     await this.device.queue.onSubmittedWorkDone();
+    this.checkHealthy('sync');
   }
 }
