@@ -119,3 +119,11 @@ for (const b of backends) {
     t.equal(L.arange(4, { backend: b }).dtype, 'int32', 'integer arange is int32');
   });
 }
+
+t.test('maxPool2d: tied maxima share the gradient equally', async (t) => {
+  for (const b of backends) {
+    const x = L.tensor([[[[2, 2], [2, 2]]]], { backend: b, requiresGrad: true });
+    L.maxPool2d(x, { kernel: 2 }).sum().backward();
+    t.same([...await x.grad!.data()], [0.25, 0.25, 0.25, 0.25], `${b.name}`);
+  }
+});

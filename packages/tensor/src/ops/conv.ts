@@ -10,8 +10,9 @@ import { noGrad, record } from '../autodiff.js';
 import type { Tensor } from '../tensor.js';
 import { backendOf, empty, fromData, launch, requireFloat } from './core.js';
 import { composite } from './composite.js';
-import { concat, contiguous, embed, expand, flip, narrow, pad, permute, reshape, slice } from './views.js';
-import { add, div, maximum } from './elementwise.js';
+import { concat, contiguous, embed, expand, flip, narrow, pad, permute, reshape, slice, stack } from './views.js';
+import { add, div } from './elementwise.js';
+import { max } from './reduce.js';
 import { matmul } from './linalg.js';
 
 export type Pair = number | readonly [number, number];
@@ -153,7 +154,8 @@ function poolTaps(op: string, x: Tensor, o: Pool2dOptions, fill: number): { taps
 export function maxPool2d(x: Tensor, o: Pool2dOptions): Tensor {
   return composite([x], () => {
     const { taps } = poolTaps('maxPool2d', x, o, -Infinity);
-    return taps.reduce((m, t) => maximum(m, t));
+    // One max over a stacked tap axis: tied maxima share the gradient equally (pairwise maximum would not).
+    return max(stack(taps, -1), -1);
   });
 }
 
