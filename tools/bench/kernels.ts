@@ -30,6 +30,11 @@ export interface KernelRow {
   ms_min: number;
   ms_median: number;
   gflops: number;
+  /**
+   * Min over the runs of this process's CPU time (all threads, lavapipe's workers included). On a shared
+   * machine it shows how much of the wall time went to others; absent for PyTorch rows.
+   */
+  cpu_ms_min?: number;
 }
 
 export const KERNEL_CASES: KernelCase[] = [
@@ -86,20 +91,26 @@ export async function benchCase(backend: Backend, c: KernelCase, runs = 5): Prom
     const out = backend.alloc(n * o * ho * wo, 'float32'); stores.push(out);
     run = () => backend.conv2d(x, wt, p, out);
   }
+  let cpuMin = Infinity;
   const once = async (): Promise<number> => {
     await backend.sync();
+    const c0 = process.cpuUsage();
     const t0 = performance.now();
     run();
     await backend.sync();
-    return performance.now() - t0;
+    const dt = performance.now() - t0;
+    const cu = process.cpuUsage(c0);
+    cpuMin = Math.min(cpuMin, (cu.user + cu.system) / 1000);
+    return dt;
   };
   await once();
+  cpuMin = Infinity;
   const ts: number[] = [];
   for (let i = 0; i < Math.max(3, runs); i++) ts.push(await once());
   for (const s of stores) backend.free(s);
   ts.sort((p, q) => p - q);
   const flops = caseFlops(c);
-  return { name: c.name, shape: caseShape(c), flops, ms_min: ts[0], ms_median: ts[Math.floor(ts.length / 2)], gflops: flops / ts[0] / 1e6 };
+  return { name: c.name, shape: caseShape(c), flops, ms_min: ts[0], ms_median: ts[Math.floor(ts.length / 2)], gflops: flops / ts[0] / 1e6, cpu_ms_min: cpuMin };
 }
 
 export interface KernelBenchOptions { backend?: BackendName; runs?: number; only?: string; cases?: KernelCase[] }
@@ -144,11 +155,11 @@ async function main(): Promise<void> {
     `min/median of ${Math.max(3, runs)} runs; load average ${load0.toFixed(2)} -> ${loadavg()[0].toFixed(2)}\n`);
   if (typeof torch === 'string') process.stdout.write(`PyTorch rows skipped: ${torch}\n`);
   const tRows = Array.isArray(torch) ? new Map(torch.map((r) => [r.name, r])) : null;
-  process.stdout.write(`| kernel | shape | ms min | ms median | GFLOP/s |${tRows ? ' PyTorch ms min | PyTorch GFLOP/s | ours/PyTorch |' : ''}\n`);
-  process.stdout.write(`|---|---|---:|---:|---:|${tRows ? '---:|---:|---:|' : ''}\n`);
+  process.stdout.write(`| kernel | shape | ms min | ms median | GFLOP/s | cpu ms min |${tRows ? ' PyTorch ms min | PyTorch GFLOP/s | ours/PyTorch |' : ''}\n`);
+  process.stdout.write(`|---|---|---:|---:|---:|---:|${tRows ? '---:|---:|---:|' : ''}\n`);
   for (const r of rows) {
     const t = tRows?.get(r.name);
-    process.stdout.write(`| ${r.name} | ${r.shape} | ${r.ms_min.toFixed(2)} | ${r.ms_median.toFixed(2)} | ${r.gflops.toFixed(1)} |` +
+    process.stdout.write(`| ${r.name} | ${r.shape} | ${r.ms_min.toFixed(2)} | ${r.ms_median.toFixed(2)} | ${r.gflops.toFixed(1)} | ${r.cpu_ms_min?.toFixed(1) ?? '—'} |` +
       (tRows ? ` ${t ? t.ms_min.toFixed(2) : '—'} | ${t ? t.gflops.toFixed(1) : '—'} | ${t ? (r.gflops / t.gflops).toFixed(3) : '—'} |` : '') + '\n');
   }
   process.exit(0);

@@ -49,15 +49,18 @@ function close(got: ArrayLike<number>, want: ArrayLike<number>, atol: number, rt
   return null;
 }
 
-let ctxPromise: Promise<GpuContext | null> | null = null;
-/** The WebGPU context, or null (skipped loudly) when no adapter exists; in CI a missing adapter fails. */
-function gpu(): Promise<GpuContext | null> {
-  ctxPromise ??= GpuContext.create().catch((e: unknown) => {
-    if (process.env.CI === 'true') throw new Error(`CI=true but WebGPU is unavailable: ${(e as Error).message}`);
-    process.stderr.write(`\n*** WEBGPU MATMUL/CONV2D TESTS SKIPPED: ${(e as Error).message} ***\n\n`);
-    return null;
-  });
-  return ctxPromise;
+/**
+ * The WebGPU context, created once and kept in a module-level variable (Dawn's objects must stay
+ * reachable). Without an adapter: fail in CI (CI=true), skip loudly elsewhere.
+ */
+let gpuCtx: GpuContext | undefined;
+let gpuSkip: string | false = false;
+try {
+  gpuCtx = await GpuContext.create();
+} catch (e) {
+  gpuSkip = `WebGPU unavailable: ${(e as Error).message}`;
+  if (process.env.CI === 'true') t.fail(`${gpuSkip} (an adapter is required in CI)`);
+  else process.stderr.write(`\n!!!!! ${gpuSkip} -- SKIPPING the webgpu tests of backend-matmul-conv.test.ts !!!!!\n\n`);
 }
 
 function upload(ctx: GpuContext, data: Float32Array): GpuStorage {
@@ -138,7 +141,7 @@ t.test('conv2d cpu: hand-computed cases (padding, stride, dilation, groups)', as
 
 /** The naive definition, written independently of both backends. */
 function naiveConv(xd: Float32Array, xv: View, wd: Float32Array, wv: View, p: Conv2dParams): Float64Array {
-  const [N, C, H, W] = xv.shape, [O, Cg, kh, kw] = wv.shape;
+  const [N, , H, W] = xv.shape, [O, Cg, kh, kw] = wv.shape;
   const Ho = Math.floor((H + 2 * p.padding[0] - p.dilation[0] * (kh - 1) - 1) / p.stride[0]) + 1;
   const Wo = Math.floor((W + 2 * p.padding[1] - p.dilation[1] * (kw - 1) - 1) / p.stride[1]) + 1;
   const Og = O / p.groups;
@@ -217,10 +220,18 @@ const MM_CASES: MmCase[] = [
   { name: '200x8 @ transposed 8x1', batch: 1, m: 200, k: 8, n: 1, b: transposed(2) },
 ];
 
-t.test('matmul webgpu equals cpu on awkward shapes and layouts', async (t) => {
-  const ctx = await gpu();
-  if (!ctx) { t.skip('no WebGPU adapter'); return; }
-  for (const c of MM_CASES) {
+/**
+ * The default tile, then a small tile without subgroup operations and one with a 3-step unrolled k loop
+ * (both through the LATENTDEM_GEMM_TILE override), so every kernel variant meets the awkward shapes.
+ */
+const TILES = [undefined, '4,1,8,1,0', '8,2,8,3'];
+
+t.test('matmul webgpu equals cpu on awkward shapes and layouts', { skip: gpuSkip }, async (t) => {
+  const ctx = gpuCtx!;
+  const saved = process.env.LATENTDEM_GEMM_TILE;
+  t.teardown(() => { if (saved === undefined) delete process.env.LATENTDEM_GEMM_TILE; else process.env.LATENTDEM_GEMM_TILE = saved; });
+  for (const tile of TILES) for (const c of MM_CASES) {
+    if (tile === undefined) delete process.env.LATENTDEM_GEMM_TILE; else process.env.LATENTDEM_GEMM_TILE = tile;
     const [ad, av] = (c.a ?? contiguous(1))(c.batch, c.m, c.k);
     const [bd, bv] = (c.b ?? contiguous(2))(c.batch, c.k, c.n);
     const size = c.batch * c.m * c.n;
@@ -232,14 +243,13 @@ t.test('matmul webgpu equals cpu on awkward shapes and layouts', async (t) => {
     ctx.writeBuffer(out.buffer, new Float32Array(size).fill(NaN));
     gpuMatmul(ctx, onGpu(av, ga), onGpu(bv, gb), out);
     const got = await download(ctx, out, size);
-    t.equal(close(got, want.data, 1e-5 * Math.max(1, Math.sqrt(c.k))), null, `${c.name} (batch ${c.batch})`);
+    t.equal(close(got, want.data, 1e-5 * Math.max(1, Math.sqrt(c.k))), null, `${c.name} (batch ${c.batch}, tile ${tile ?? 'default'})`);
     ctx.free(ga); ctx.free(gb); ctx.free(out);
   }
 });
 
-t.test('matmul webgpu: a batch beyond the 65535-workgroup grid limit is split correctly', async (t) => {
-  const ctx = await gpu();
-  if (!ctx) { t.skip('no WebGPU adapter'); return; }
+t.test('matmul webgpu: a batch beyond the 65535-workgroup grid limit is split correctly', { skip: gpuSkip }, async (t) => {
+  const ctx = gpuCtx!;
   const batch = ctx.limits.maxComputeWorkgroupsPerDimension + 7;
   const [ad, av] = contiguous(5)(batch, 2, 3);
   const [bd, bv] = transposed(6)(batch, 3, 2);
@@ -266,20 +276,19 @@ const CONV_CASES: ConvCase[] = [
   { x: [1, 16, 16, 16], w: [32, 16, 3, 3], p: { padding: [1, 1] } },
 ];
 
-t.test('conv2d webgpu equals cpu and the naive loop (stride/padding/dilation/groups, layouts, chunking)', async (t) => {
-  const ctx = await gpu();
-  if (!ctx) { t.skip('no WebGPU adapter'); return; }
+t.test('conv2d webgpu equals cpu and the naive loop (stride/padding/dilation/groups, layouts, chunking)', { skip: gpuSkip }, async (t) => {
+  const ctx = gpuCtx!;
   for (const c of CONV_CASES) {
     const p: Conv2dParams = { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1, ...c.p };
     const xd = rand(numel(c.x), 11), wd = rand(numel(c.w), 12);
     let xv = cpuView(xd, c.x);
     if (c.xLayout === 'nhwc') {
-      const [N, C, H, W] = c.x;
+      const [, C, H, W] = c.x;
       xv = cpuView(xd, c.x, [H * W * C, 1, W * C, C]);
     }
     let wv = cpuView(wd, c.w);
     if (c.wLayout === 'flip') {
-      const [O, Cg, kh, kw] = c.w;
+      const [, Cg, kh, kw] = c.w;
       wv = cpuView(wd, c.w, [Cg * kh * kw, kh * kw, -kw, -1], kh * kw - 1);
     }
     const naive = naiveConv(xd, xv, wd, wv, p);

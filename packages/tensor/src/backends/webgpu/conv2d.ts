@@ -8,6 +8,7 @@
  * scalar loads for the shifted input windows, which cost more on lavapipe) and keeps one tuned kernel.
  */
 import type { Conv2dParams, View } from '../../backend.js';
+import { isContiguous } from '../../backend.js';
 import { DTypeError, ShapeError, fmtShape } from '../../errors.js';
 import type { GpuContext, GpuStorage } from './context.js';
 import { dispatchGrid, gemm, zeroFill } from './matmul.js';
@@ -92,8 +93,7 @@ export function conv2d(ctx: GpuContext, x: View, w: View, p: Conv2dParams, out: 
 
   // A operand: the weights as [O, K4] rows, used in place when already contiguous and aligned.
   let wBuf: GPUBuffer, wOff: number;
-  const wContig = w.strides[3] === 1 && w.strides[2] === kw && w.strides[1] === kh * kw && w.strides[0] === Kg;
-  if (wContig && Kg % 4 === 0 && w.offset % 4 === 0) {
+  if (isContiguous(w) && Kg % 4 === 0 && w.offset % 4 === 0) {
     wBuf = (w.storage as GpuStorage).buffer; wOff = w.offset;
   } else {
     wBuf = ctx.acquire(O * K4 * 4, 'conv2d'); temps.push(wBuf); wOff = 0;
@@ -102,8 +102,7 @@ export function conv2d(ctx: GpuContext, x: View, w: View, p: Conv2dParams, out: 
   }
 
   // 1x1 / stride 1 / no padding over a contiguous input: x[n] already is the [C, H*W] B operand.
-  const xContig = x.strides[3] === 1 && x.strides[2] === W && x.strides[1] === H * W && x.strides[0] === C * H * W;
-  if (kh === 1 && kw === 1 && sh === 1 && sw === 1 && ph === 0 && pw === 0 && xContig && Cg % 4 === 0 && P % 4 === 0 && x.offset % 4 === 0) {
+  if (kh === 1 && kw === 1 && sh === 1 && sw === 1 && ph === 0 && pw === 0 && isContiguous(x) && Cg % 4 === 0 && P % 4 === 0 && x.offset % 4 === 0) {
     if (G === 1) {
       gemm(ctx, { batch: N, m: O, n: P, k: K4, a: wBuf, aOff: wOff, aSb: 0, aSm: K4, b: xBuf, bOff: x.offset, bSb: C * P, bSk: P, bCols: P,
         c: out.buffer, cOff: 0, cSb: O * P, cSm: P });

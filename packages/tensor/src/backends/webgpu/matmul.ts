@@ -1,17 +1,21 @@
 /**
  * Batched matmul on WebGPU: one register-blocked GEMM kernel over vec4-aligned row-major operands, plus a
  * small pack kernel that brings any other layout (transposed, odd strides, sizes not a multiple of 4) into
- * that form first.
+ * that form first (the pack costs ~1-3% of the GEMM at 256..2048).
  *
- * Why the kernel looks like this (measured on Mesa lavapipe, see docs in the report of this file's author):
- * - lavapipe runs 8 invocations as one 8-wide SIMD vector. Every storage-buffer load whose offset is not a
- *   compile-time constant costs a scalar load per lane behind a bounds check and a branch (~10 instructions
- *   per element), while an FMA on a vector costs one instruction for all 8 lanes. So the kernel is built to
- *   minimize loads per FMA: each invocation holds MT x 4G accumulators and loads vec4s.
- * - Workgroup-shared memory only adds barriers here (lane-private loads from it are still per lane).
- * - With the `subgroups` feature, the MT rows of A are loaded cooperatively (each lane loads MT/S rows) and
- *   handed to every lane by `subgroupBroadcast`, which lavapipe compiles to a register shuffle: this cuts
- *   the A loads by the subgroup size and roughly doubles throughput.
+ * Why the kernel looks like this (measured on Mesa 25 lavapipe, 2-core AMD EPYC; tools/bench/kernels.ts):
+ * - lavapipe runs 8 invocations as one 8-wide SIMD vector. A storage-buffer load whose offset is not a
+ *   compile-time constant is a scalar load per lane behind an exec-mask test, a bounds check and a branch
+ *   (~10 instructions per element; loads inside loops never take its uniform path), while a vector FMA
+ *   serves all 8 lanes. So the kernel minimizes loads per FMA: each invocation keeps mt x 4g accumulators
+ *   and loads vec4s. Larger register tiles than 16 x 4 spill and measured slower.
+ * - Workgroup-shared memory only adds barriers (loads from it are per lane too); it measured 2-3x slower.
+ *   Texture fetches for B measured within 10% of storage loads, not worth binding textures.
+ * - With the `subgroups` feature, the mt rows of A are loaded cooperatively (each lane loads mt/8 rows)
+ *   and handed to every lane by `subgroupBroadcast`, a register shuffle on lavapipe: this cuts A loads 8x
+ *   and measured 2.5-3x faster (~25 vs ~9 GFLOP/s at 1024).
+ * - Row tiles run along grid x, the order lavapipe walks workgroups, so one B column strip stays in cache
+ *   while A streams through (+20% at 2048).
  *
  * Layout handled by the kernel: A rows contiguous in k, B rows contiguous in n, offsets and row strides
  * multiples of 4, K a multiple of 4 (zero padding). C rows contiguous in n, any offset and row stride.
@@ -34,7 +38,7 @@ export interface GemmTile {
   sg: number;
 }
 
-/** Measured on lavapipe (2-core AMD EPYC, Mesa 25.0): see tools/bench/kernels.ts. */
+/** Tiles measured best on lavapipe (see the header); small-M tiles waste fewer rows on M <= 8. */
 const TILE_SUBGROUP: Omit<GemmTile, 'sg'> = { mt: 16, g: 1, wg: 16, unroll: 1 };
 const TILE_SUBGROUP_SMALL_M: Omit<GemmTile, 'sg'> = { mt: 8, g: 1, wg: 16, unroll: 1 };
 const TILE_PLAIN: GemmTile = { mt: 16, g: 2, wg: 8, unroll: 1, sg: 0 };
@@ -49,12 +53,16 @@ export function subgroupSize(ctx: GpuContext): number {
   return lo === hi && (lo === 4 || lo === 8 || lo === 16 || lo === 32) ? lo : 0;
 }
 
-/** The tile used for an M-row problem on this device; `LATENTDEM_GEMM_TILE=mt,g,wg,unroll` overrides it. */
+/**
+ * The tile used for an M-row problem on this device. `LATENTDEM_GEMM_TILE=mt,g,wg,unroll[,0]` overrides it
+ * (for tuning and tests; a trailing 0 forces the kernel without subgroup operations).
+ */
 export function chooseTile(ctx: GpuContext, m: number): GemmTile {
-  const sg = subgroupSize(ctx);
+  let sg = subgroupSize(ctx);
   const env = process.env.LATENTDEM_GEMM_TILE;
   if (env) {
-    const [mt, g, wg, unroll] = env.split(',').map(Number);
+    const [mt, g, wg, unroll, noSg] = env.split(',').map(Number);
+    if (noSg === 0) sg = 0;
     const t = { mt, g, wg, unroll, sg };
     if (sg && (mt % sg || wg % sg)) throw new ShapeError('matmul', `LATENTDEM_GEMM_TILE=${env}: mt and wg must be multiples of the subgroup size ${sg}`);
     return t;
@@ -75,15 +83,17 @@ export function gemmSource(t: GemmTile): string {
 @group(0) @binding(1) var<storage, read> B: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> C: array<f32>;
 @group(0) @binding(3) var<storage, read> p: array<u32>;
-// p: M N K4 NQ aOff4 aSb4 aSm4 bOff4 bSb4 bSk4 cOff cSb cSm y0 z0 (NQ = vec4 columns readable in a B row)
+// p: M N K4 NQ aOff4 aSb4 aSm4 bOff4 bSb4 bSk4 cOff cSb cSm y0 z0 mFast (NQ = vec4 columns readable in a
+// B row; mFast: grid x runs over row tiles, so consecutive workgroups reuse one B column strip from cache)
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${S ? ', @builtin(subgroup_invocation_id) sid: u32' : ''}) {
   let M = p[0]; let N = p[1]; let K4 = p[2]; let NQ = p[3];
   let b = wid.z + p[14];
-  let m0 = (wid.y + p[13]) * ${MT}u;
+  let mFast = p[15] != 0u;
+  let m0 = select(wid.y + p[13], wid.x, mFast) * ${MT}u;
   let aB = p[4] + b * p[5]; let aSm = p[6];
   let bB = p[7] + b * p[8]; let bSk = p[9];
-  let q0 = wid.x * ${WG * G}u + lid;`);
+  let q0 = select(wid.x, wid.y + p[13], mFast) * ${WG * G}u + lid;`);
   const NA = S ? MT / S : MT;
   for (let v = 0; v < NA; v++) {
     const row = S ? `m0 + ${v * S}u + sid` : `m0 + ${v}u`;
@@ -156,11 +166,15 @@ export function gemm(ctx: GpuContext, g: GemmArgs, tile = chooseTile(ctx, g.m)):
     throw new ShapeError('matmul', 'internal: gemm operands are not vec4-aligned');
   }
   if (g.batch === 0 || g.m === 0 || g.n === 0) return;
+  const tilesM = Math.ceil(g.m / tile.mt), tilesN = Math.ceil(g.n / (4 * tile.g * tile.wg));
+  // Row tiles along grid x (the order lavapipe walks workgroups) keep each B column strip in cache while
+  // A streams through; x is limited to maxComputeWorkgroupsPerDimension, y and z are split by dispatchGrid.
+  const mFast = tilesM <= ctx.limits.maxComputeWorkgroupsPerDimension;
   const params = [g.m, g.n, g.k / 4, g.bCols / 4, g.aOff / 4, g.aSb / 4, g.aSm / 4, g.bOff / 4, g.bSb / 4, g.bSk / 4,
-    g.cOff, g.cSb, g.cSm, 0, 0];
+    g.cOff, g.cSb, g.cSm, 0, 0, mFast ? 1 : 0];
   const key = `gemm:${tileKey(tile)}`;
   dispatchGrid(ctx, { key, source: () => gemmSource(tile), buffers: [g.a, g.b, g.c], kernel: `matmul.gemm.${tileKey(tile)}` },
-    params, 13, [Math.ceil(g.n / (4 * tile.g * tile.wg)), Math.ceil(g.m / tile.mt), g.batch]);
+    params, 13, mFast ? [tilesM, tilesN, g.batch] : [tilesN, tilesM, g.batch]);
 }
 
 /**
