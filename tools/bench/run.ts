@@ -3,7 +3,7 @@
  * Debian's python3-torch is present. Min and median of >= 3 runs; load average at start and end.
  * Writes bench-results/bench.json and bench-results/bench.md.
  *
- * Options (env): BENCH_RUNS (default 3), BENCH_BACKENDS (default "cpu,webgpu"), BENCH_ONLY (substring filter),
+ * Options (env): BENCH_RUNS (default 5), BENCH_BACKENDS (default "cpu,webgpu"), BENCH_ONLY (substring filter),
  * BENCH_CPU_MAX_WORK (skip cpu rows above this many flops; the reference backend is slow by design).
  */
 import { spawnSync } from 'node:child_process';
@@ -16,7 +16,7 @@ import type { Backend, BackendName } from '@latentdem/tensor';
 import { WORKLOADS, type Workload } from './shapes.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const RUNS = Math.max(3, Number(process.env.BENCH_RUNS ?? 3));
+const RUNS = Math.max(3, Number(process.env.BENCH_RUNS ?? 5));
 const ONLY = process.env.BENCH_ONLY ?? '';
 const CPU_MAX_WORK = Number(process.env.BENCH_CPU_MAX_WORK ?? 3e9);
 const workloads = WORKLOADS.filter((w) => w.name.includes(ONLY));
