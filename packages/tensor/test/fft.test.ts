@@ -3,23 +3,11 @@ import * as math from 'mathjs';
 import { contiguousStrides, type View } from '../src/backend.js';
 import { CpuStorage } from '../src/backends/cpu/storage.js';
 import { fft2 as cpuFft2 } from '../src/backends/cpu/fft.js';
+import { gpuContext } from './helpers.js';
 import type { GpuContext, GpuStorage } from '../src/backends/webgpu/context.js';
 import { ShapeError } from '../src/errors.js';
 
-/**
- * The WebGPU context, created once; module-level so that Dawn's objects stay reachable for the whole
- * process. Without an adapter the webgpu tests fail in CI (CI=true) and are skipped, loudly, elsewhere.
- */
-let gpuCtx: GpuContext | undefined;
-let gpuSkip: string | false = false;
-try {
-  const { GpuContext } = await import('../src/backends/webgpu/context.js');
-  gpuCtx = await GpuContext.create();
-} catch (e) {
-  gpuSkip = `WebGPU unavailable: ${(e as Error).message}`;
-  if (process.env.CI === 'true') t.fail(`${gpuSkip} (an adapter is required in CI)`);
-  else process.stderr.write(`\n!!!!! ${gpuSkip} -- SKIPPING the webgpu tests of fft.test.ts !!!!!\n\n`);
-}
+const { ctx: gpuCtx, skip: gpuSkip } = await gpuContext();
 
 /** Deterministic values in [-1, 1) (a 32-bit LCG), so failures reproduce. */
 function randomArray(n: number, seed: number): Float32Array {

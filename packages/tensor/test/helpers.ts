@@ -1,5 +1,7 @@
 /** Shared test helpers: the backends to run on, closeness, finite-difference gradient checks. */
+import type { Test } from 'tap';
 import type { Backend, BackendName, Tensor, TypedArray } from '../src/index.js';
+import type { GpuContext } from '../src/backends/webgpu/context.js';
 import { initBackend, tensor, noGrad } from '../src/index.js';
 
 let cached: Promise<Backend[]> | null = null;
@@ -25,6 +27,12 @@ export function testBackends(): Promise<Backend[]> {
 export async function gpuBackend(): Promise<Backend | null> {
   const list = await testBackends();
   return list.find((b) => b.name === 'webgpu') ?? null;
+}
+
+/** The WebGPU context for backend-level tests, or why there is none (testBackends() already failed in CI). */
+export async function gpuContext(): Promise<{ ctx: GpuContext | undefined; skip: string | false }> {
+  const b = await gpuBackend();
+  return b ? { ctx: (b as unknown as { ctx: GpuContext }).ctx, skip: false } : { ctx: undefined, skip: 'no WebGPU adapter' };
 }
 
 export interface Closeness { ok: boolean; maxAbs: number; worst: number; message: string }
@@ -93,4 +101,25 @@ export async function gradCheck(
     numeric.push(num);
   }
   return { worst, where, analytic, numeric };
+}
+
+/**
+ * Runs sum(f(xs) * r) backward on every non-cpu backend and asserts each input's gradient equals the cpu
+ * gradient `cpuGrads` (same r as gradCheck uses).
+ */
+export async function assertGradsMatchCpu(
+  t: Test, backends: readonly Backend[], f: (...xs: Tensor[]) => Tensor,
+  inputs: { data: Float32Array; shape: number[] }[], cpuGrads: Float32Array[], atol = 1e-4,
+): Promise<void> {
+  for (const b of backends) {
+    if (b.name === 'cpu') continue;
+    const xs = inputs.map((i) => on(b, i.data, i.shape, true));
+    const y = f(...xs);
+    y.mul(on(b, hostRandom(y.size, 99, 0.5, 1.5), y.shape)).sum().backward();
+    for (let k = 0; k < xs.length; k++) {
+      const g = xs[k].grad ? await xs[k].grad!.data() : new Float32Array(xs[k].size);
+      const r = close(g, cpuGrads[k], atol, 1e-3);
+      t.ok(r.ok, `${b.name} gradient of input ${k} equals cpu: ${r.message}`);
+    }
+  }
 }

@@ -2,23 +2,11 @@ import t from 'tap';
 import type { RandomParams } from '../src/backend.js';
 import { CpuStorage } from '../src/backends/cpu/storage.js';
 import { random as cpuRandom } from '../src/backends/cpu/random.js';
+import { gpuContext } from './helpers.js';
 import type { GpuContext } from '../src/backends/webgpu/context.js';
 import { keyFromSeed, mulhi32, normalAt, philox4x32, uniformAt } from '../src/random/philox.js';
 
-/**
- * The WebGPU context, created once; module-level so that Dawn's objects stay reachable for the whole
- * process. Without an adapter the webgpu tests fail in CI (CI=true) and are skipped, loudly, elsewhere.
- */
-let gpuCtx: GpuContext | undefined;
-let gpuSkip: string | false = false;
-try {
-  const { GpuContext } = await import('../src/backends/webgpu/context.js');
-  gpuCtx = await GpuContext.create();
-} catch (e) {
-  gpuSkip = `WebGPU unavailable: ${(e as Error).message}`;
-  if (process.env.CI === 'true') t.fail(`${gpuSkip} (an adapter is required in CI)`);
-  else process.stderr.write(`\n!!!!! ${gpuSkip} -- SKIPPING the webgpu tests of random.test.ts !!!!!\n\n`);
-}
+const { ctx: gpuCtx, skip: gpuSkip } = await gpuContext();
 
 function cpuFill(p: RandomParams, n: number): Float32Array {
   const out = new CpuStorage('float32', new Float32Array(n));
