@@ -3,8 +3,8 @@
  * the CPU reference on random data over awkward shapes and views (rank 0, empty, size-1 dims, lengths
  * that are not multiples of 4, transposed, stepped, flipped, broadcast, offset, rank 8) and edge values.
  *
- * The kernel modules are imported directly (not through the backends' index.ts) and views are built by
- * hand, so that these tests depend only on the elementwise/reduce family.
+ * The kernel modules are called directly and views are built by hand, so that these tests exercise only
+ * the elementwise/reduce family; one test at the end goes through the Backend interface.
  */
 import t from 'tap';
 import type { Backend, BinaryOp, ReduceOp, Storage, UnaryArgs, UnaryOp, View } from '../src/backend.js';
@@ -14,29 +14,22 @@ import { typedArrayFor } from '../src/dtype.js';
 import { CpuStorage } from '../src/backends/cpu/storage.js';
 import * as cpuEw from '../src/backends/cpu/elementwise.js';
 import { reduce as cpuReduce } from '../src/backends/cpu/reduce.js';
-import type { GpuContext, GpuStorage } from '../src/backends/webgpu/context.js';
+import type { GpuStorage } from '../src/backends/webgpu/context.js';
 import * as gpuEw from '../src/backends/webgpu/elementwise.js';
 import { coalesce } from '../src/backends/webgpu/elementwise.js';
 import { reduce as gpuReduce } from '../src/backends/webgpu/reduce.js';
 import { DTypeError } from '../src/errors.js';
+import { gpuContext } from './helpers.js';
 
 /**
- * The WebGPU context, created once and kept in a module-level variable (Dawn's objects must stay
- * reachable). Without an adapter: fail in CI (CI=true), skip loudly elsewhere.
+ * The WebGPU context (shared helper: without an adapter the run fails in CI and these tests are skipped,
+ * loudly, elsewhere). Its dispatches are recorded, to check below that every template path ran.
  */
-let ctx: GpuContext | undefined;
-let gpuSkip: string | false = false;
-/** Pipeline keys dispatched, to check below that every code path of the templates ran. */
+const { ctx, skip: gpuSkip } = await gpuContext();
 const dispatched = new Set<string>();
-try {
-  const { GpuContext } = await import('../src/backends/webgpu/context.js');
-  ctx = await GpuContext.create();
+if (ctx) {
   const dispatch = ctx.dispatch.bind(ctx);
   ctx.dispatch = (spec) => { dispatched.add(spec.key); dispatch(spec); };
-} catch (e) {
-  gpuSkip = `WebGPU unavailable: ${(e as Error).message}`;
-  if (process.env.CI === 'true') t.fail(`${gpuSkip} (an adapter is required in CI)`);
-  else process.stderr.write(`\n!!!!! ${gpuSkip} -- SKIPPING the webgpu tests of backend-elementwise.test.ts !!!!!\n\n`);
 }
 
 // ---------------------------------------------------------------- data and views

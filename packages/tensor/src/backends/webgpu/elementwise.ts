@@ -165,25 +165,25 @@ ${colMajor
     s += `  var rem = row;\n  for (var d = i32(R) - 2; d >= 0; d--) {\n    let n = p[${HDR}u + u32(d)]; let q = rem / n; let c = i32(rem - q * n); rem = q;\n`;
     for (let v = 0; v < views.length; v++) s += `    o${v} += c * bitcast<i32>(p[b${v} + 1u + u32(d)]);\n`;
     s += '  }\n';
-    s += `  for (var c = c0; c < c1; c++) {\n`;
     const args: string[] = [];
+    let load = '';
     for (let v = 0; v < nIn; v++) {
-      if (vec4 && zeroLast[v]) s += `    let x${v} = vec4<${spec.inTypes[v]}>(src${v}[u32(o${v})]);\n`;
-      else s += `    let x${v} = src${v}[u32(o${v})];\n`;
+      if (vec4 && zeroLast[v]) load += `    let x${v} = vec4<${spec.inTypes[v]}>(src${v}[u32(o${v})]);\n`;
+      else load += `    let x${v} = src${v}[u32(o${v})];\n`;
       args.push(`x${v}`);
     }
+    const step = views.map((_, v) => `    o${v} += d${v};\n`).join('');
+    const out = `dst[u32(o${outIdx})]`;
     if (vec4) {
       const comp = (k: string): string => `op(${args.map((a) => `${a}.${k}`).join(', ')})`;
-      s += `    let r = vec4<${spec.outType}>(${['x', 'y', 'z', 'w'].map(comp).join(', ')});\n`;
-      s += `    let valid = p[5] - c * 4u;
-    if (valid >= 4u) { dst[u32(o${outIdx})] = r; } else {
-      dst[u32(o${outIdx})] = select(dst[u32(o${outIdx})], r, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(valid));
-    }\n`;
+      const r = `    let r = vec4<${spec.outType}>(${['x', 'y', 'z', 'w'].map(comp).join(', ')});\n`;
+      // Whole vec4s first; then the one partial vec4 at the end of a rank-1 tensor, written masked.
+      s += `  let full = p[5] / 4u;\n  var c = c0;\n  for (; c < min(c1, full); c++) {\n${load}${r}    ${out} = r;\n${step}  }\n`;
+      s += `  if (c < c1) {\n${load}${r}    ${out} = select(${out}, r, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p[5] - full * 4u));\n  }\n`;
     } else {
-      s += `    dst[u32(o${outIdx})] = op(${args.join(', ')});\n`;
+      s += `  for (var c = c0; c < c1; c++) {\n${load}    ${out} = op(${args.join(', ')});\n${step}  }\n`;
     }
-    for (let v = 0; v < views.length; v++) s += `    o${v} += d${v};\n`;
-    s += `  }\n}\n`;
+    s += '}\n';
     return s;
   };
 
@@ -233,10 +233,8 @@ export function copy(ctx: GpuContext, src: View, dst: View): void {
 
 export function cast(ctx: GpuContext, x: View, out: GpuStorage): void {
   const ti = wgslType(x.storage.dtype), to = wgslType(out.dtype);
-  let body: string;
-  if (ti === to) body = 'return x;';
-  else if (ti === 'f32') body = 'return f32_to_i32(x);';
-  else body = 'return f32(x);';
+  if (ti === to) { copy(ctx, x, outView(out, x)); return; }
+  const body = ti === 'f32' ? 'return f32_to_i32(x);' : 'return f32(x);';
   runMap(ctx, {
     name: 'cast', inputs: [x], inTypes: [ti], out: outView(out, x), outType: to, math: ti === 'f32' && to === 'i32',
     fn: `fn op(x: ${ti}) -> ${to} { ${body} }`,

@@ -7,7 +7,9 @@
  * output (many outputs, or short rows) that is the whole job; a few long rows are cut into `S` ranges so
  * that enough invocations run, their partials (value, and index for argmax) go to a temporary [nOut, S]
  * and a second dispatch of the same template reduces those. No workgroup memory: barriers are expensive
- * on lavapipe, and the second pass is short.
+ * on lavapipe, and the second pass is short. Invocations are numbered range-major, so neighbouring
+ * invocations reduce neighbouring outputs (for column sums that makes their loads adjacent). Output and
+ * reduced ranks are parameters; the pipeline key holds the op, dtype, lanes, and one-vs-several reduced dims.
  *
  * Lanes. vec4 loads are several times faster than scalar loads on lavapipe, so a 4-aligned view is read
  * as array<vec4<T>> (the same buffer is also bound as scalars for an unaligned tail):
