@@ -23,9 +23,6 @@ export function stridedParams(shape: readonly number[], views: readonly View[], 
   return words;
 }
 
-/** Index of the first `extra` word in a params buffer for `nViews` views of rank `rank`. */
-export const extraBase = (rank: number, nViews: number): number => 1 + rank + nViews * (1 + rank);
-
 /**
  * WGSL: `fn at{v}(i: u32) -> u32` giving the storage element of linear (row-major) index i for view v,
  * reading the params buffer named `p`.
