@@ -19,7 +19,7 @@ import * as gpuEw from '../src/backends/webgpu/elementwise.js';
 import { coalesce } from '../src/backends/webgpu/elementwise.js';
 import { reduce as gpuReduce } from '../src/backends/webgpu/reduce.js';
 import { DTypeError } from '../src/errors.js';
-import { gpuContext } from './helpers.js';
+import { gpuContext, hostRandom } from './helpers.js';
 
 /**
  * The WebGPU context (shared helper: without an adapter the run fails in CI and these tests are skipped,
@@ -34,16 +34,7 @@ if (ctx) {
 
 // ---------------------------------------------------------------- data and views
 
-/** Deterministic values in [lo, hi) (32-bit LCG), so failures reproduce. */
-function rand(n: number, seed: number, lo = -1, hi = 1): Float32Array {
-  const out = new Float32Array(n);
-  let s = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = lo + ((s >>> 8) / 16777216) * (hi - lo);
-  }
-  return out;
-}
+const rand = hostRandom;
 const randInt = (n: number, seed: number, lo: number, hi: number): Int32Array =>
   Int32Array.from(rand(n, seed, lo, hi + 1), (v) => Math.floor(v));
 
