@@ -1,0 +1,2 @@
+/** latentdem: the EM framework and its tasks. */
+export {};

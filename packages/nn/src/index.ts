@@ -1,0 +1,2 @@
+/** @latentdem/nn: modules, layers, optimizers, checkpoint I/O. */
+export {};
