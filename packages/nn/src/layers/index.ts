@@ -1,0 +1,11 @@
+export { Linear } from './linear.js';
+export type { LinearOptions } from './linear.js';
+export { Conv2d, ConvTranspose2d } from './conv.js';
+export type { Conv2dLayerOptions, ConvTranspose2dLayerOptions } from './conv.js';
+export { GroupNorm, LayerNorm, BatchNorm2d } from './norm.js';
+export type { GroupNormOptions, LayerNormOptions, BatchNormOptions } from './norm.js';
+export { Embedding } from './embedding.js';
+export type { EmbeddingOptions } from './embedding.js';
+export { Dropout } from './dropout.js';
+export { ModuleList, Sequential } from './container.js';
+export { ReLU, SiLU, Tanh, Sigmoid, GELU, Identity } from './activation.js';

@@ -1,0 +1,10 @@
+export { Optimizer } from './optimizer.js';
+export type { OptimizerStateDict } from './optimizer.js';
+export { SGD } from './sgd.js';
+export type { SGDOptions } from './sgd.js';
+export { Adam, AdamW } from './adam.js';
+export type { AdamOptions } from './adam.js';
+export { LRScheduler, StepLR, CosineAnnealingLR } from './schedule.js';
+export { clipGradNorm } from './clip.js';
+export { EMA } from './ema.js';
+export type { EMAOptions } from './ema.js';

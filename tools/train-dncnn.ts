@@ -1,0 +1,155 @@
+/**
+ * Trains the kernel denoiser (DnCNN, the paper's 5 blocks x 32 channels, batch norm, residual) with the
+ * framework itself: synthetic motion-blur kernels (sum 1) plus Gaussian noise at levels the M-step uses,
+ * log-uniform in [SIGMA_MIN, SIGMA_MAX]; the loss is the MSE between the denoised and the clean kernel
+ * divided by sigma^2, so every noise level counts alike; Adam.
+ *
+ *   node --conditions=latentdem-src --import tsx tools/train-dncnn.ts --out DIR [--steps N] [--batch B]
+ *        [--lr LR] [--seed S] [--backend cpu|webgpu] [--every N]
+ *
+ * Resumable: DIR/checkpoint.safetensors holds weights and Adam state, DIR/state.json the step; every batch is
+ * a pure function of (seed, step), so a resumed run continues bit-identically. Writes DIR/log.json and
+ * DIR/loss.png. Progress on stderr (a line per report; rewritten in place on a TTY).
+ */
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as L from '@latentdem/tensor';
+import { Adam, loadSafetensors, manualSeed, saveSafetensors } from '@latentdem/nn';
+import { DnCNN, PAPER_DNCNN } from '../packages/latentdem/src/deblur/dncnn.js';
+import { motionKernelData } from '../packages/latentdem/src/deblur/motionblur.js';
+import { portableUniform } from '../packages/latentdem/src/deblur/noise.js';
+
+// Noise levels (kernel units, std): the release's M-step uses sqrt(lambda/beta) = 4.47e-4, FastEM 1.4e-3..3.2e-3;
+// training reaches up to 0.05 (issue 3).
+export const SIGMA_MIN = 2e-4;
+export const SIGMA_MAX = 0.05;
+const KERNEL_SIZE = 64;
+
+export interface TrainArgs { out: string; steps: number; batch: number; lr: number; seed: number; backend: 'cpu' | 'webgpu'; every: number; quiet?: boolean }
+
+function parseArgs(argv: string[]): TrainArgs {
+  const get = (name: string, dflt?: string): string | undefined => {
+    const i = argv.indexOf(`--${name}`);
+    return i >= 0 ? argv[i + 1] : dflt;
+  };
+  const out = get('out');
+  if (!out) throw new Error('train-dncnn: --out DIR is required');
+  return {
+    out, steps: Number(get('steps', '2000')), batch: Number(get('batch', '16')), lr: Number(get('lr', '1e-3')),
+    seed: Number(get('seed', '1')), backend: (get('backend', 'webgpu') as 'cpu' | 'webgpu'), every: Number(get('every', '50')),
+  };
+}
+
+/** Batch `step`: clean kernels [B,1,64,64], noise levels [B,1,1,1], and the input [B,2,64,64] (noisy kernel, sigma map). */
+export function makeBatch(seed: number, step: number, batch: number, backend: L.Backend): { clean: L.Tensor; input: L.Tensor; sigma: L.Tensor } {
+  const n = KERNEL_SIZE * KERNEL_SIZE;
+  const clean = new Float32Array(batch * n);
+  const sig = new Float32Array(batch);
+  const stream = BigInt(seed) * 1_000_003n + BigInt(step);
+  for (let i = 0; i < batch; i++) {
+    clean.set(motionKernelData({ size: KERNEL_SIZE, intensity: 0.5, seed: (seed * 100_003 + step) * batch + i }), i * n);
+    const t = portableUniform(stream, i);
+    sig[i] = Math.exp(Math.log(SIGMA_MIN) + t * (Math.log(SIGMA_MAX) - Math.log(SIGMA_MIN)));
+  }
+  const gen = new L.Generator(seed * 1_000_003 + step);
+  return L.tidy(() => {
+    const c = L.tensor(clean, { shape: [batch, 1, KERNEL_SIZE, KERNEL_SIZE], backend });
+    const s = L.tensor(sig, { shape: [batch, 1, 1, 1], backend });
+    const noisy = c.add(L.randn([batch, 1, KERNEL_SIZE, KERNEL_SIZE], { generator: gen, backend }).mul(s));
+    const input = L.concat([noisy, s.expand([batch, 1, KERNEL_SIZE, KERNEL_SIZE])], 1);
+    return { clean: c, input, sigma: s };
+  });
+}
+
+/** Loss: mean over the batch of ||denoised - clean||^2 / (numel * sigma^2). */
+export function lossOf(net: DnCNN, b: { clean: L.Tensor; input: L.Tensor; sigma: L.Tensor }): L.Tensor {
+  const denoised = net.forward(b.input).narrow(1, 0, 1);
+  return denoised.sub(b.clean).div(b.sigma).square().mean();
+}
+
+/** A loss curve as a PNG: log10(loss) over steps, white on black, 512x256. */
+function lossPng(path: string, losses: number[]): Promise<void> {
+  const W = 512; const H = 256;
+  const img = new Float32Array(W * H);
+  const ys = losses.map((v) => Math.log10(Math.max(v, 1e-12)));
+  const lo = Math.min(...ys); const hi = Math.max(...ys);
+  for (let i = 0; i < ys.length; i++) {
+    const x = Math.min(W - 1, Math.floor((i / Math.max(1, ys.length - 1)) * (W - 1)));
+    const y = H - 1 - Math.floor(((ys[i] - lo) / Math.max(hi - lo, 1e-9)) * (H - 1));
+    img[y * W + x] = 1;
+  }
+  return L.writeImage(path, L.tensor(img, { shape: [1, H, W], backend: 'cpu' }));
+}
+
+/** Trains (or resumes) into `a.out`; returns the final state dict file's path. */
+export async function train(a: TrainArgs): Promise<string> {
+  const backend = await L.initBackend(a.backend);
+  mkdirSync(a.out, { recursive: true });
+  manualSeed(a.seed);
+  const net = new DnCNN(PAPER_DNCNN, { backend });
+  net.train();
+  const params = [...net.parameters()];
+  for (const p of params) p.requireGrad();
+  const opt = new Adam(params, { lr: a.lr });
+  const ckpt = join(a.out, 'checkpoint.safetensors');
+  const statePath = join(a.out, 'state.json');
+  let step = 0;
+  const log: { step: number; loss: number; samples_per_s: number }[] = [];
+  if (existsSync(statePath) && existsSync(ckpt)) {
+    const st = JSON.parse(readFileSync(statePath, 'utf8')) as { step: number; log: typeof log; optimizer: { lr: number; steps: number[] } };
+    const saved = await loadSafetensors(ckpt, { backend });
+    const weights = new Map([...saved].filter(([k]) => !k.startsWith('optimizer.')));
+    net.loadStateDict(weights, { strict: true });
+    const optState = new Map([...saved].filter(([k]) => k.startsWith('optimizer.')).map(([k, v]) => [k.slice(10), v]));
+    opt.loadStateDict({ lr: st.optimizer.lr, steps: st.optimizer.steps, state: optState });
+    step = st.step; log.push(...st.log);
+    process.stderr.write(`train-dncnn: resumed at step ${step}\n`);
+  }
+  const tty = process.stderr.isTTY;
+  let t0 = performance.now(); let samples = 0; let lossSum = 0; let lossN = 0;
+  const save = async (): Promise<void> => {
+    await backend.sync();
+    const tensors = new Map<string, L.Tensor>(net.stateDict());
+    const os = opt.stateDict();
+    for (const [k, v] of os.state) tensors.set(`optimizer.${k}`, v);
+    await saveSafetensors(`${ckpt}.tmp`, tensors, { overwrite: true });
+    renameSync(`${ckpt}.tmp`, ckpt);
+    writeFileSync(statePath, JSON.stringify({ step, log, optimizer: { lr: os.lr, steps: os.steps } }));
+    writeFileSync(join(a.out, 'log.json'), JSON.stringify({ config: PAPER_DNCNN, args: a, log }, null, 1));
+    await lossPng(join(a.out, 'loss.png'), log.map((r) => r.loss));
+  };
+  while (step < a.steps) {
+    const lossT = L.tidy(() => {
+      const b = makeBatch(a.seed, step, a.batch, backend);
+      opt.zeroGrad();
+      const loss = lossOf(net, b);
+      loss.backward();
+      opt.step();
+      return loss.detach();
+    });
+    lossSum += await lossT.item(); lossN++;
+    lossT.dispose();
+    step++; samples += a.batch;
+    if (step % a.every === 0 || step === a.steps) {
+      const dt = (performance.now() - t0) / 1000;
+      const rate = samples / dt;
+      log.push({ step, loss: lossSum / lossN, samples_per_s: rate });
+      const eta = ((a.steps - step) * a.batch) / rate;
+      const line = `train-dncnn: step ${step}/${a.steps} loss ${(lossSum / lossN).toExponential(3)} ${rate.toFixed(1)} samples/s ETA ${Math.round(eta)}s`;
+      if (!a.quiet) process.stderr.write(tty ? `\r${line}` : `${line}\n`);
+      await save();
+      t0 = performance.now(); samples = 0; lossSum = 0; lossN = 0;
+    }
+  }
+  if (tty) process.stderr.write('\n');
+  const final = new Map(net.stateDict());
+  await saveSafetensors(join(a.out, 'dncnn-kernel.safetensors'), final, { dtype: 'F32', overwrite: true, metadata: { config: JSON.stringify(PAPER_DNCNN), steps: String(step) } });
+  process.stderr.write(`train-dncnn: wrote ${join(a.out, 'dncnn-kernel.safetensors')}\n`);
+  net.dispose();
+  return join(a.out, 'dncnn-kernel.safetensors');
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  await train(parseArgs(process.argv.slice(2)));
+  process.exit(0);
+}
