@@ -14,10 +14,8 @@ import { basename } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { reshape, setBackend } from '@latentdem/tensor';
 import type { Tensor } from '@latentdem/tensor';
-import { CheckpointError, loadTorchCheckpoint } from '../packages/nn/src/torch/index.js';
-import { loadSafetensors, saveSafetensors } from '../packages/nn/src/safetensors.js';
-import { detectDiffusersModel, mapDiffusersKeys, DIFFUSERS_PREFIX } from '../packages/nn/src/keymaps/index.js';
-import type { KeyMapping } from '../packages/nn/src/keymaps/index.js';
+import { CheckpointError, DIFFUSERS_PREFIX, detectDiffusersModel, loadSafetensors, loadTorchCheckpoint, mapDiffusersKeys, saveSafetensors } from '@latentdem/nn';
+import type { KeyMapping } from '@latentdem/nn';
 
 export interface ConvertOptions {
   dtype?: 'f32' | 'f16';

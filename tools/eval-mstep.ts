@@ -18,9 +18,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { readImage, ready, tensor, tidy, type Tensor } from '@latentdem/tensor';
-import { blurCircular, estimateKernel, HQS_DEFAULTS, type HqsOptions, type KernelPrior } from '../packages/latentdem/src/deblur/hqs.js';
-import { kernelMse, mnc } from '../packages/latentdem/src/deblur/metrics.js';
-import { pairNoise, portableUniform } from '../packages/latentdem/src/deblur/noise.js';
+import { blurCircular, estimateKernel, HQS_DEFAULTS, kernelMse, mnc, pairNoise, portableUniform, type HqsOptions, type KernelPrior } from 'latentdem';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const argv = process.argv.slice(2);

@@ -5,7 +5,7 @@
  *   node --conditions=latentdem-src --import tsx tools/kernel-sheet.ts OUT.png [--size 64] [--intensity 0.5] [--seed 0]
  */
 import { tensor, writeImage } from '@latentdem/tensor';
-import { motionKernelData } from '../packages/latentdem/src/deblur/motionblur.js';
+import { motionKernelData } from 'latentdem';
 
 function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);

@@ -15,7 +15,7 @@ import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SafetensorsFile, loadSafetensors } from '../packages/nn/src/safetensors.js';
+import { SafetensorsFile, loadSafetensors } from '@latentdem/nn';
 import type { Tensor } from '@latentdem/tensor';
 
 const SIDE = 8192;

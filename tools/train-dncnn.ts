@@ -15,9 +15,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from '
 import { join } from 'node:path';
 import * as L from '@latentdem/tensor';
 import { Adam, loadSafetensors, manualSeed, saveSafetensors } from '@latentdem/nn';
-import { DnCNN, PAPER_DNCNN } from '../packages/latentdem/src/deblur/dncnn.js';
-import { motionKernelData } from '../packages/latentdem/src/deblur/motionblur.js';
-import { portableUniform } from '../packages/latentdem/src/deblur/noise.js';
+import { DnCNN, PAPER_DNCNN, motionKernelData, portableUniform } from 'latentdem';
 
 // Noise levels (kernel units, std): the release's M-step uses sqrt(lambda/beta) = 4.47e-4, FastEM 1.4e-3..3.2e-3;
 // training reaches up to 0.05 (issue 3).
