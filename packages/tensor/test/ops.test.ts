@@ -107,3 +107,29 @@ for (const c of C) {
     await assertGradsMatchCpu(t, backends, c.fn, inputs, fd.analytic, c.atol ? c.atol * 10 : 1e-4);
   });
 }
+
+t.test('conv2d weight gradient: the unfold + matmul path equals the chunked conv path', async (t) => {
+  const { convTuning } = await import('../src/ops/conv.js');
+  const configs: { x: number[]; w: number[]; o: L.Conv2dOptions }[] = [
+    { x: [2, 4, 9, 8], w: [6, 2, 3, 2], o: { stride: 2, dilation: [2, 1], padding: [1, 0], groups: 2 } },
+    { x: [1, 2, 8, 7], w: [3, 2, 2, 2], o: { stride: 3 } },
+    { x: [2, 3, 5, 5], w: [3, 1, 3, 3], o: { padding: 1, groups: 3 } },
+  ];
+  const saved = convTuning.unfoldMaxBytes;
+  try {
+    for (const b of backends) {
+      for (const c of configs) {
+        const x = on(b, hostRandom(c.x.reduce((p, q) => p * q, 1), 1), c.x);
+        const w = on(b, hostRandom(c.w.reduce((p, q) => p * q, 1), 2), c.w);
+        convTuning.unfoldMaxBytes = saved;
+        const [g1] = L.grad((ww) => L.conv2d(x, ww, c.o).square().sum())(w);
+        convTuning.unfoldMaxBytes = 0;
+        const [g2] = L.grad((ww) => L.conv2d(x, ww, c.o).square().sum())(w);
+        const r = close(await g1.data(), await g2.data(), 1e-4, 1e-4);
+        t.ok(r.ok, `${b.name} x [${c.x}] w [${c.w}]: ${r.message}`);
+      }
+    }
+  } finally {
+    convTuning.unfoldMaxBytes = saved;
+  }
+});

@@ -72,12 +72,32 @@ function conv2dInputGrad(g: Tensor, w: Tensor, p: Conv2dParams, [h, wd]: [number
   return convTranspose2d(g, w, { ...p, outputPadding });
 }
 
-/** Gradient of conv2d w.r.t. its weight: correlate the input with the output gradient, per group. */
+/**
+ * Largest unfolded input (k*k copies of x) the weight gradient builds for its one-matmul path; above it the
+ * gradient is a chunked conv2d instead (no k*k copy). Tests lower it to run both paths.
+ */
+export const convTuning = { unfoldMaxBytes: 64 * 1024 * 1024 };
+
+/** Gradient of conv2d w.r.t. its weight, per group. */
 function conv2dWeightGrad(x: Tensor, g: Tensor, p: Conv2dParams, [kh, kw]: [number, number]): Tensor {
   const groups = p.groups;
-  const cg = x.shape[1] / groups;
+  const [n, c] = x.shape;
+  const cg = c / groups;
   const og = g.shape[1] / groups;
+  const positions = g.shape[2] * g.shape[3];
   const parts: Tensor[] = [];
+  if (x.size * kh * kw * 4 <= convTuning.unfoldMaxBytes) {
+    // dW_g [Og, Cg*kh*kw] = g_g [Og, N*P] @ unfold(x)_g [N*P, Cg*kh*kw]: one GEMM with a long inner dimension.
+    const cols = stack(windowTaps(x, [kh, kw], p.stride, p.padding, p.dilation, 0), 2); // [N, C, kh*kw, Ho, Wo]
+    for (let gi = 0; gi < groups; gi++) {
+      const cgi = reshape(narrow(cols, 1, gi * cg, cg), [n, cg * kh * kw, positions]);
+      const ggi = reshape(narrow(g, 1, gi * og, og), [n, og, positions]);
+      const a = reshape(contiguous(permute(ggi, [1, 0, 2])), [og, n * positions]);
+      const b = reshape(contiguous(permute(cgi, [0, 2, 1])), [n * positions, cg * kh * kw]);
+      parts.push(reshape(matmul(a, b), [og, cg, kh, kw]));
+    }
+    return groups === 1 ? parts[0] : concat(parts, 0);
+  }
   for (let gi = 0; gi < groups; gi++) {
     // [C_g, N, H, W] as a batch of C_g images with N channels; [O_g, N, Ho, Wo] as O_g kernels.
     const xs = permute(narrow(x, 1, gi * cg, cg), [1, 0, 2, 3]);
@@ -129,7 +149,25 @@ export function convTranspose2d(x: Tensor, w: Tensor, opts: ConvTranspose2dOptio
 
 export interface Pool2dOptions { kernel: Pair; stride?: Pair; padding?: Pair; dilation?: Pair }
 
-/** Windows of a pooling op as strided slices of the padded input, one per kernel tap. */
+/**
+ * The k*k strided slices ("taps") of the padded input that a window op sees: tap (i, j) is
+ * xp[..., i*d : i*d + (Ho-1)*s + 1 : s, j*d : ...], each [N, C, Ho, Wo]. Shared by pooling and the conv weight gradient.
+ */
+function windowTaps(x: Tensor, k: [number, number], s: [number, number], pd: [number, number], d: [number, number], fill: number): Tensor[] {
+  const [, , h, w] = x.shape;
+  const ho = Math.floor((h + 2 * pd[0] - d[0] * (k[0] - 1) - 1) / s[0]) + 1;
+  const wo = Math.floor((w + 2 * pd[1] - d[1] * (k[1] - 1) - 1) / s[1]) + 1;
+  const xp = pd[0] || pd[1] ? pad(x, [pd[1], pd[1], pd[0], pd[0]], 'constant', fill) : x;
+  const taps: Tensor[] = [];
+  for (let i = 0; i < k[0]; i++) {
+    for (let j = 0; j < k[1]; j++) {
+      taps.push(slice(xp, [null, null, [i * d[0], i * d[0] + (ho - 1) * s[0] + 1, s[0]], [j * d[1], j * d[1] + (wo - 1) * s[1] + 1, s[1]]]));
+    }
+  }
+  return taps;
+}
+
+/** Windows of a pooling op, one tap per kernel position. */
 function poolTaps(op: string, x: Tensor, o: Pool2dOptions, fill: number): { taps: Tensor[]; count: number } {
   requireFloat(op, x);
   if (x.rank !== 4) throw new ShapeError(op, `needs x [N,C,H,W], got ${fmtShape(x.shape)}`);
@@ -140,14 +178,7 @@ function poolTaps(op: string, x: Tensor, o: Pool2dOptions, fill: number): { taps
   const ho = Math.floor((h + 2 * pd[0] - d[0] * (k[0] - 1) - 1) / s[0]) + 1;
   const wo = Math.floor((w + 2 * pd[1] - d[1] * (k[1] - 1) - 1) / s[1]) + 1;
   if (ho <= 0 || wo <= 0) throw new ShapeError(op, `kernel [${k}] does not fit input ${fmtShape(x.shape)} with padding [${pd}]`);
-  const xp = pd[0] || pd[1] ? pad(x, [pd[1], pd[1], pd[0], pd[0]], 'constant', fill) : x;
-  const taps: Tensor[] = [];
-  for (let i = 0; i < k[0]; i++) {
-    for (let j = 0; j < k[1]; j++) {
-      taps.push(slice(xp, [null, null, [i * d[0], i * d[0] + (ho - 1) * s[0] + 1, s[0]], [j * d[1], j * d[1] + (wo - 1) * s[1] + 1, s[1]]]));
-    }
-  }
-  return { taps, count: k[0] * k[1] };
+  return { taps: windowTaps(x, k, s, pd, d, fill), count: k[0] * k[1] };
 }
 
 /** Max pooling (padding counts as -infinity, as PyTorch). */
