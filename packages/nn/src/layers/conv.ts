@@ -1,5 +1,5 @@
 /** Conv2d and ConvTranspose2d with PyTorch's parameter layouts and default init. */
-import { conv2d, convTranspose2d } from '@latentdem/tensor';
+import { ShapeError, conv2d, convTranspose2d } from '@latentdem/tensor';
 import type { Pair, Tensor } from '@latentdem/tensor';
 import { Module, required } from '../module.js';
 import { defaultLinearInit } from '../init.js';
@@ -13,24 +13,33 @@ const pair = (v: Pair): [number, number] => (typeof v === 'number' ? [v, v] : [v
 
 function checkGroups(name: string, cin: number, cout: number, groups: number): void {
   if (!Number.isInteger(groups) || groups < 1 || cin % groups !== 0 || cout % groups !== 0) {
-    throw new Error(`${name}: in_channels ${cin} and out_channels ${cout} must be divisible by groups ${groups}`);
+    throw new ShapeError(name, `in_channels ${cin} and out_channels ${cout} must be divisible by groups ${groups}`);
   }
 }
 
-/** torch.nn.Conv2d: weight [out, in/groups, kh, kw], bias [out]. */
-export class Conv2d extends Module {
+/** What Conv2d and ConvTranspose2d share: group checks, the default init of weight and bias, accessors. */
+abstract class ConvLayer<O extends Conv2dLayerOptions> extends Module {
   readonly kernelSize: [number, number];
-  constructor(readonly inChannels: number, readonly outChannels: number, kernelSize: Pair, readonly options: Conv2dLayerOptions = {}) {
+  /** `weightShape` gets the channel pair that leads the weight: [out, in/groups] or [in, out/groups]. */
+  constructor(name: string, readonly inChannels: number, readonly outChannels: number, kernelSize: Pair, readonly options: O,
+    leading: (groups: number) => [number, number]) {
     super();
     const g = options.groups ?? 1;
-    checkGroups('Conv2d', inChannels, outChannels, g);
+    checkGroups(name, inChannels, outChannels, g);
     this.kernelSize = pair(kernelSize);
-    const { weight, bias } = defaultLinearInit([outChannels, inChannels / g, ...this.kernelSize], options.bias === false ? null : outChannels, options);
+    const { weight, bias } = defaultLinearInit([...leading(g), ...this.kernelSize], options.bias === false ? null : outChannels, options);
     this.registerParameter('weight', weight);
     this.registerParameter('bias', bias);
   }
   get weight(): Tensor { return required(this, 'weight'); }
   get bias(): Tensor | null { return this.getParameter('bias'); }
+}
+
+/** torch.nn.Conv2d: weight [out, in/groups, kh, kw], bias [out]. */
+export class Conv2d extends ConvLayer<Conv2dLayerOptions> {
+  constructor(inChannels: number, outChannels: number, kernelSize: Pair, options: Conv2dLayerOptions = {}) {
+    super('Conv2d', inChannels, outChannels, kernelSize, options, (g) => [outChannels, inChannels / g]);
+  }
 
   forward(x: Tensor): Tensor {
     const o = this.options;
@@ -43,19 +52,10 @@ export class Conv2d extends Module {
 export interface ConvTranspose2dLayerOptions extends Conv2dLayerOptions { outputPadding?: Pair }
 
 /** torch.nn.ConvTranspose2d: weight [in, out/groups, kh, kw], bias [out]; PyTorch's fan_in is (out/groups)*kh*kw. */
-export class ConvTranspose2d extends Module {
-  readonly kernelSize: [number, number];
-  constructor(readonly inChannels: number, readonly outChannels: number, kernelSize: Pair, readonly options: ConvTranspose2dLayerOptions = {}) {
-    super();
-    const g = options.groups ?? 1;
-    checkGroups('ConvTranspose2d', inChannels, outChannels, g);
-    this.kernelSize = pair(kernelSize);
-    const { weight, bias } = defaultLinearInit([inChannels, outChannels / g, ...this.kernelSize], options.bias === false ? null : outChannels, options);
-    this.registerParameter('weight', weight);
-    this.registerParameter('bias', bias);
+export class ConvTranspose2d extends ConvLayer<ConvTranspose2dLayerOptions> {
+  constructor(inChannels: number, outChannels: number, kernelSize: Pair, options: ConvTranspose2dLayerOptions = {}) {
+    super('ConvTranspose2d', inChannels, outChannels, kernelSize, options, (g) => [inChannels, outChannels / g]);
   }
-  get weight(): Tensor { return required(this, 'weight'); }
-  get bias(): Tensor | null { return this.getParameter('bias'); }
 
   forward(x: Tensor): Tensor {
     const o = this.options;
