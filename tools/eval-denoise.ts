@@ -10,7 +10,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as L from '@latentdem/tensor';
 import { loadSafetensors, loadTorchCheckpoint } from '@latentdem/nn';
-import { DnCNN, PAPER_DNCNN, RELEASE_FDNCNN, denoiseKernel, kernelMse } from 'latentdem';
+import { DnCNN, RELEASE_FDNCNN, denoiseKernel, kernelMse, loadDnCNN } from 'latentdem';
 
 const argv = process.argv.slice(2);
 const opt = (name: string): string | undefined => { const i = argv.indexOf(`--${name}`); return i >= 0 ? argv[i + 1] : undefined; };
@@ -25,10 +25,7 @@ const backend = await L.ready();
 const shared = join(process.cwd(), '..', 'shared');
 const kernels = (await loadSafetensors(join(shared, 'data', 'mstep-eval', 'kernels.safetensors'), { backend: 'cpu' })).get('kernels')!;
 const n = Math.min(limit, kernels.shape[0]);
-const ours = new DnCNN(PAPER_DNCNN, { backend });
-// A training checkpoint also holds the optimizer state: keep the network's tensors only.
-ours.loadStateDict(await loadSafetensors(weights, { backend, filter: (k) => !k.startsWith('optimizer.') }));
-ours.eval();
+const ours = await loadDnCNN(weights, { backend });
 let release: DnCNN | null = null;
 if (withRelease) {
   release = new DnCNN(RELEASE_FDNCNN, { backend });
@@ -44,8 +41,9 @@ for (const sigma of SIGMAS) {
     const res = L.tidy(() => {
       const k = L.tensor(clean, { shape: [1, 1, 64, 64], backend });
       const noisy = k.add(L.randn([1, 1, 64, 64], { seed: 1_000_000 + i, backend }).mul(sigma));
-      const base = noisy.clamp(0);
-      return { base: base.div(base.sum()), ours: denoiseKernel(ours, noisy, sigma), rel: release ? denoiseKernel(release, noisy, sigma) : null };
+      // Every denoiser gets the projected noisy kernel, as the M-step gives it.
+      const base = noisy.clamp(0).div(noisy.clamp(0).sum());
+      return { base, ours: denoiseKernel(ours, base, sigma), rel: release ? denoiseKernel(release, base, sigma) : null };
     });
     eBase += kernelMse(await res.base.data(), clean);
     eOurs += kernelMse(await res.ours.data(), clean);

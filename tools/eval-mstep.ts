@@ -5,20 +5,34 @@
  * M-step per method from a delta start, and the kernel MSE and MNC against k_j.
  *
  *   LATENTDEM_BACKEND=webgpu node --conditions=latentdem-src --import tsx tools/eval-mstep.ts \
- *     [--limit N] [--subset-seed S] [--iters 20] [--msteps 1] [--data DIR] [--out DIR] [--denoiser MODULE]
+ *     [--methods none,l2,ours,release] [--limit N] [--subset-seed S] [--calibrate N] [--iters 20] [--msteps 1]
+ *     [--l2-weight MU] [--lambda L] [--weights FILE] [--data DIR] [--out DIR] [--denoiser MODULE]
  *
+ * Methods (issue 3's rows): 'ours' (a) PnP with our trained DnCNN (--weights, default
+ *   weights/dncnn-kernel/dncnn-kernel.safetensors); 'release' (b) PnP with the LatentDEM release's FDnCNN,
+ *   from its original pickle in shared/data/latentdem-release, at the release's lambda 1; 'l2' (c) Tikhonov
+ *   with weight --l2-weight (default 3, see below); 'none' (d) data step and projection only; 'none-joint'
+ *   the channels solved jointly. --denoiser MODULE adds 'custom': MODULE exports
+ *   `createPrior(): Promise<KernelPrior>` (see hqs.ts). Default methods: none,l2,ours.
+ * --lambda L sets the PnP prior weight of 'ours' and 'custom' (denoiser noise level sqrt(L / beta));
+ *   default 1 (the release's).
  * --limit N takes N pairs chosen by a seeded shuffle (seed --subset-seed, default 0); default all 500.
+ * --calibrate N runs instead on N calibration pairs that share nothing with the evaluation pairs: kernels
+ *   from our generator (seeds 7000000 + i), images shared/data/train-images (every 7th file, centre 256
+ *   crop), noise streams 100000 + i. Use it to choose --l2-weight and --lambda.
  * --msteps M repeats the M-step M times, warm-started (the release does one per diffusion step; with the
  *   image fixed this only adds iterations; no kernel_shift is applied).
- * --denoiser MODULE: the hook for a learned prior. MODULE must export `createPrior(): Promise<KernelPrior>`
- *   (see hqs.ts); it is evaluated as method 'pnp' with the release's lambda and beta.
  * Writes OUT/eval-mstep.json (per pair and summary) and OUT/eval-mstep.md (default OUT = bench-results).
  */
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { readImage, ready, tensor, tidy, type Tensor } from '@latentdem/tensor';
-import { blurCircular, estimateKernel, HQS_DEFAULTS, kernelMse, mnc, pairNoise, portableUniform, type HqsOptions, type KernelPrior } from 'latentdem';
+import { loadTorchCheckpoint } from '@latentdem/nn';
+import {
+  blurCircular, denoiseKernel, DnCNN, estimateKernel, HQS_DEFAULTS, kernelMse, loadDnCNN, mnc, motionKernelData, pairNoise,
+  portableUniform, RELEASE_FDNCNN, type HqsOptions, type KernelPrior,
+} from 'latentdem';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const argv = process.argv.slice(2);
@@ -34,6 +48,12 @@ const outDir = resolve(opt('out') ?? join(here, '../bench-results'));
 const iters = num('iters', HQS_DEFAULTS.iterations);
 const msteps = num('msteps', 1);
 const subsetSeed = num('subset-seed', 0);
+const calibrate = num('calibrate', 0);
+// mu of row (c): the calibration sweep (--calibrate 20) found every mu > 0 worse than mu = 0 (= row d), so the
+// default is the smallest weight tried, 3 (weights/dncnn-kernel/README.md has the sweep).
+const l2Weight = num('l2-weight', 3);
+const lambda = num('lambda', HQS_DEFAULTS.lambda);
+const methodNames = (opt('methods') ?? 'none,l2,ours').split(',').filter((m) => m);
 
 interface PairsJson { noise_levels: number[]; pairs: { kernel: number; image: number; noise_seed: number }[]; images: { file: string }[] }
 const pairsJson = JSON.parse(readFileSync(join(dataDir, 'pairs.json'), 'utf8')) as PairsJson;
@@ -65,42 +85,86 @@ function subset(n: number, count: number, seed: number): number[] {
   return idx.slice(0, count).sort((a, b) => a - b);
 }
 
+const backend = await ready();
+
+/** A DnCNN as a KernelPrior on [ks, ks] kernels. */
+function dncnnPrior(net: DnCNN): KernelPrior {
+  return (k, sigma) => { const [h, w] = k.shape; return denoiseKernel(net, k.reshape([1, 1, h, w]), sigma).reshape([h, w]); };
+}
+
 interface Method { name: string; options: (sigma: number) => HqsOptions }
-const methods: Method[] = [
-  { name: 'none', options: (sigma) => ({ sigma, prior: 'none' }) },
-  { name: 'l2', options: (sigma) => ({ sigma, prior: 'l2' }) },
-  { name: 'none-joint', options: (sigma) => ({ sigma, prior: 'none', channels: 'joint' }) },
-];
+const methods: Method[] = [];
+for (const name of methodNames) {
+  if (name === 'none') methods.push({ name, options: (sigma) => ({ sigma, prior: 'none' }) });
+  else if (name === 'none-joint') methods.push({ name, options: (sigma) => ({ sigma, prior: 'none', channels: 'joint' }) });
+  else if (name === 'l2') methods.push({ name, options: (sigma) => ({ sigma, prior: 'l2', l2Weight }) });
+  else if (name === 'ours') {
+    const net = await loadDnCNN(opt('weights') ?? join(here, '../weights/dncnn-kernel/dncnn-kernel.safetensors'), { backend });
+    const prior = dncnnPrior(net);
+    methods.push({ name, options: (sigma) => ({ sigma, prior, lambda }) });
+  } else if (name === 'release') {
+    const net = new DnCNN(RELEASE_FDNCNN, { backend });
+    const file = join(dataDir, '..', 'latentdem-release', 'kernel_denoiser_fdncnn_nb20_nc64.pth');
+    net.loadStateDict(await loadTorchCheckpoint(file, { backend, allowModuleRecords: true }));
+    net.eval();
+    const prior = dncnnPrior(net);
+    methods.push({ name, options: (sigma) => ({ sigma, prior, lambda: HQS_DEFAULTS.lambda }) });
+  } else throw new Error(`eval-mstep: unknown method '${name}' (none, none-joint, l2, ours, release)`);
+}
 const denoiserModule = opt('denoiser');
 if (denoiserModule) {
   const mod = (await import(pathToFileURL(resolve(denoiserModule)).href)) as { createPrior?: () => Promise<KernelPrior> };
   if (typeof mod.createPrior !== 'function') throw new Error(`eval-mstep: ${denoiserModule} does not export createPrior()`);
   const prior = await mod.createPrior();
-  methods.push({ name: 'pnp', options: (sigma) => ({ sigma, prior }) });
+  methods.push({ name: 'custom', options: (sigma) => ({ sigma, prior, lambda }) });
 }
+if (!methods.length) throw new Error('eval-mstep: no methods');
 
-const backend = await ready();
+
 const kernels = readSafetensorF32(join(dataDir, 'kernels.safetensors'), 'kernels');
 const ks = kernels.shape[1];
-const chosen = subset(nPairs, limit, subsetSeed);
 const sigmas = pairsJson.noise_levels;
+
+/** One evaluation item: an image file, the true kernel and the unit noise stream. */
+interface Item { id: number; imageFile: string; kTrue: Float32Array; noiseStream: number }
+let items: Item[];
+let selection: string;
+if (calibrate > 0) {
+  const trainDir = join(dataDir, '..', 'train-images');
+  const files = readdirSync(trainDir).filter((f) => f.endsWith('.png')).sort();
+  if (calibrate * 7 > files.length) throw new Error(`eval-mstep: --calibrate ${calibrate} needs ${calibrate * 7} images in ${trainDir}, found ${files.length}`);
+  items = Array.from({ length: calibrate }, (_, i) => ({
+    id: i, imageFile: join(trainDir, files[i * 7]), kTrue: motionKernelData({ size: ks, intensity: 0.5, seed: 7_000_000 + i }), noiseStream: 100_000 + i,
+  }));
+  selection = `${calibrate} calibration pairs (our kernels, seeds 7000000+; train-images; never the evaluation pairs)`;
+} else {
+  const chosen = subset(nPairs, limit, subsetSeed);
+  items = chosen.map((j) => {
+    const p = pairsJson.pairs[j];
+    return { id: j, imageFile: join(dataDir, pairsJson.images[p.image].file), kTrue: kernels.data.subarray(p.kernel * ks * ks, (p.kernel + 1) * ks * ks), noiseStream: j };
+  });
+  selection = `${items.length} of ${nPairs} pairs (subset seed ${subsetSeed})`;
+}
 
 interface Result { pair: number; sigma: number; method: string; mse: number; mnc: number }
 const results: Result[] = [];
 const t0 = performance.now();
 const tty = process.stderr.isTTY === true;
-let imageCache = null as { index: number; x: Tensor } | null;
+let imageCache = null as { file: string; x: Tensor } | null;
 
-for (let done = 0; done < chosen.length; done++) {
-  const j = chosen[done];
-  const p = pairsJson.pairs[j];
-  if (imageCache?.index !== p.image) {
+for (let done = 0; done < items.length; done++) {
+  const { id, imageFile, kTrue, noiseStream } = items[done];
+  if (imageCache?.file !== imageFile) {
     imageCache?.x.dispose();
-    imageCache = { index: p.image, x: await readImage(join(dataDir, pairsJson.images[p.image].file), { channels: 3, backend }) };
+    const img = await readImage(imageFile, { channels: 3, backend });
+    if (img.shape[1] < 256 || img.shape[2] < 256) throw new Error(`eval-mstep: ${imageFile} is ${img.shape[1]}x${img.shape[2]}, smaller than 256x256`);
+    const top = (img.shape[1] - 256) >> 1; const left = (img.shape[2] - 256) >> 1;
+    const x = img.shape[1] === 256 && img.shape[2] === 256 ? img : tidy(() => img.narrow(1, top, 256).narrow(2, left, 256).contiguous());
+    if (x !== img) img.dispose();
+    imageCache = { file: imageFile, x };
   }
   const x = imageCache.x;
-  const kTrue = kernels.data.subarray(p.kernel * ks * ks, (p.kernel + 1) * ks * ks);
-  const noise = Float32Array.from(pairNoise(j, x.size));
+  const noise = Float32Array.from(pairNoise(noiseStream, x.size));
   for (const sigma of sigmas) {
     for (const m of methods) {
       const est = tidy(() => {
@@ -112,12 +176,12 @@ for (let done = 0; done < chosen.length; done++) {
       });
       const e = await est.data();
       est.dispose();
-      results.push({ pair: j, sigma, method: m.name, mse: kernelMse(e, kTrue), mnc: mnc(e, kTrue) });
+      results.push({ pair: id, sigma, method: m.name, mse: kernelMse(e, kTrue), mnc: mnc(e, kTrue) });
     }
   }
   if (tty) {
     const el = (performance.now() - t0) / 1000; const rate = (done + 1) / el;
-    process.stderr.write(`\reval-mstep: ${done + 1}/${chosen.length} pairs, ${rate.toFixed(2)} pairs/s, ETA ${((chosen.length - done - 1) / rate).toFixed(0)} s   `);
+    process.stderr.write(`\reval-mstep: ${done + 1}/${items.length} pairs, ${rate.toFixed(2)} pairs/s, ETA ${((items.length - done - 1) / rate).toFixed(0)} s   `);
   }
 }
 imageCache?.x.dispose();
@@ -134,8 +198,9 @@ for (const m of methods) for (const sigma of sigmas) {
 }
 
 const meta = {
-  date: new Date().toISOString(), backend: backend.name, pairs: chosen.length, subset_seed: subsetSeed, pair_indices: chosen,
-  iterations: iters, msteps, lambda: HQS_DEFAULTS.lambda, beta: HQS_DEFAULTS.beta, alpha: 'sigma^2 * beta', kernel_size: ks,
+  date: new Date().toISOString(), backend: backend.name, selection, pairs: items.length, subset_seed: calibrate ? null : subsetSeed,
+  pair_indices: items.map((it) => it.id), methods: methodNames, weights: opt('weights') ?? null,
+  iterations: iters, msteps, lambda_pnp: lambda, lambda_release: HQS_DEFAULTS.lambda, l2_weight: l2Weight, beta: HQS_DEFAULTS.beta, alpha: 'sigma^2 * beta', kernel_size: ks,
   image: 'true sharp image (oracle E-step)', init: 'delta at (32, 32)', seconds,
 };
 mkdirSync(outDir, { recursive: true });
@@ -143,7 +208,7 @@ writeFileSync(join(outDir, 'eval-mstep.json'), JSON.stringify({ meta, summary, r
 const md = [
   `# M-step evaluation (true sharp image given)`,
   '',
-  `${chosen.length} of ${nPairs} pairs (subset seed ${subsetSeed}), backend ${backend.name}, ${iters} HQS iterations x ${msteps} M-step(s) from a delta, lambda ${HQS_DEFAULTS.lambda}, beta ${HQS_DEFAULTS.beta}, alpha = sigma^2 beta; ${seconds.toFixed(1)} s.`,
+  `${selection}, backend ${backend.name}, ${iters} HQS iterations x ${msteps} M-step(s) from a delta, beta ${HQS_DEFAULTS.beta}, alpha = sigma^2 beta, PnP lambda ${lambda} (release row: ${HQS_DEFAULTS.lambda}), l2 weight ${l2Weight}; ${seconds.toFixed(1)} s.`,
   '',
   '| method | sigma | n | kernel MSE mean | kernel MSE median | MNC mean | MNC median |',
   '|---|---|---|---|---|---|---|',

@@ -6,8 +6,8 @@
  */
 import { join } from 'node:path';
 import { ready } from '@latentdem/tensor';
-import { loadSafetensors, loadTorchCheckpoint } from '@latentdem/nn';
-import { DnCNN, PAPER_DNCNN, RELEASE_FDNCNN, denoiseKernel, type KernelPrior } from 'latentdem';
+import { loadTorchCheckpoint } from '@latentdem/nn';
+import { DnCNN, RELEASE_FDNCNN, denoiseKernel, loadDnCNN, type KernelPrior } from 'latentdem';
 
 export async function createPrior(): Promise<KernelPrior> {
   const backend = await ready();
@@ -17,9 +17,7 @@ export async function createPrior(): Promise<KernelPrior> {
     net = new DnCNN(RELEASE_FDNCNN, { backend });
     net.loadStateDict(await loadTorchCheckpoint(join(process.cwd(), '..', 'shared', 'data', 'latentdem-release', 'kernel_denoiser_fdncnn_nb20_nc64.pth'), { backend, allowModuleRecords: true }));
   } else {
-    net = new DnCNN(PAPER_DNCNN, { backend });
-    const path = process.env.LATENTDEM_DNCNN_WEIGHTS ?? join(process.cwd(), 'weights', 'dncnn-kernel', 'dncnn-kernel.safetensors');
-    net.loadStateDict(await loadSafetensors(path, { backend, filter: (k) => !k.startsWith('optimizer.') }));
+    net = await loadDnCNN(process.env.LATENTDEM_DNCNN_WEIGHTS ?? join(process.cwd(), 'weights', 'dncnn-kernel', 'dncnn-kernel.safetensors'), { backend });
   }
   net.eval();
   return (k, sigma) => {

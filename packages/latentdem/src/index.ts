@@ -1,9 +1,9 @@
 /** latentdem: the EM framework and its tasks. Today: the blind-deblurring kernel tools (M-step side). */
 export { motionKernel, motionKernelData } from './deblur/motionblur.js';
 export type { MotionKernelOptions } from './deblur/motionblur.js';
-export { estimateKernel, blurCircular, projectKernel, otfToPsfCrop, l2Prior, HQS_DEFAULTS } from './deblur/hqs.js';
+export { estimateKernel, blurCircular, projectKernel, otfToPsfCrop, HQS_DEFAULTS } from './deblur/hqs.js';
 export type { HqsOptions, KernelPrior } from './deblur/hqs.js';
 export { mse, kernelMse, psnr, ssim, mnc, SSIM_K1, SSIM_K2, SSIM_WINDOW, SSIM_SIGMA } from './deblur/metrics.js';
 export { splitmix64, portableUniform, portableNormals, pairNoise, pairNoiseSeed, pairwiseSum, logCR, sinCosCR } from './deblur/noise.js';
-export { DnCNN, PAPER_DNCNN, RELEASE_FDNCNN, denoiseKernel } from './deblur/dncnn.js';
+export { DnCNN, KERNEL_DNCNN, PAPER_DNCNN, RELEASE_FDNCNN, denoiseKernel, loadDnCNN } from './deblur/dncnn.js';
 export type { DnCNNConfig } from './deblur/dncnn.js';

@@ -2,8 +2,10 @@
 import t from 'tap';
 import { join } from 'node:path';
 import * as L from '@latentdem/tensor';
-import { loadSafetensors, loadTorchCheckpoint } from '@latentdem/nn';
-import { DnCNN, PAPER_DNCNN, RELEASE_FDNCNN, denoiseKernel } from '../src/deblur/dncnn.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { SafetensorsError, loadSafetensors, loadTorchCheckpoint, manualSeed, saveSafetensors } from '@latentdem/nn';
+import { DnCNN, KERNEL_DNCNN, PAPER_DNCNN, RELEASE_FDNCNN, denoiseKernel, loadDnCNN } from '../src/deblur/dncnn.js';
 import { testBackends } from '../../tensor/test/helpers.js';
 
 const SHARED = join(process.cwd(), '..', 'shared');
@@ -61,5 +63,48 @@ for (const b of backends) {
     // out_mstep differs from a batch-of-2 clamp+renormalise by ~2e-6 relative (fixtures README).
     t.ok(d.rel <= 1e-3, `M-step prior step (clamp + renormalise): rel ${d.rel.toExponential(2)}`);
     t.ok(Math.abs((await z.sum().item()) - 1) < 1e-5, 'sums to one');
+  });
+}
+
+for (const b of backends) {
+  t.test(`${b.name}: the 'normalized' kernel input is [k / sigma, ln(sigma h w)], output times sigma; loadDnCNN round trip`, async (t) => {
+    manualSeed(3);
+    const net = new DnCNN(KERNEL_DNCNN, { backend: b });
+    net.eval();
+    const k = L.rand([2, 1, 16, 16], { seed: 5, backend: b }).mul(1e-3);
+    const sig = L.tensor([2e-4, 3e-2], { shape: [2, 1, 1, 1], backend: b });
+    const got = L.noGrad(() => net.denoise(k, sig));
+    // By hand, per kernel, with scalar sigma: residual DnCNN, so channel 0 of x - model(x).
+    for (let i = 0; i < 2; i++) {
+      const s = [2e-4, 3e-2][i];
+      const ki = k.narrow(0, i, 1);
+      const x = L.concat([ki.div(s), L.full([1, 1, 16, 16], Math.log(s * 256), { backend: b })], 1);
+      const want = L.noGrad(() => x.sub(net.model.forward(x)).narrow(1, 0, 1).mul(s));
+      const d = await diff(got.narrow(0, i, 1), want);
+      t.ok(d.rel < 1e-5, `kernel ${i}: rel ${d.rel.toExponential(2)}`);
+      t.ok((await L.noGrad(() => net.denoise(ki, s)).sub(want).abs().max().item()) < 1e-9, `kernel ${i}: scalar sigma agrees`);
+    }
+    // The 'map' convention would give a different result (the test above would catch a missing normalization).
+    const asMap = new DnCNN({ ...KERNEL_DNCNN, kernelInput: 'map' }, { backend: b });
+    asMap.loadStateDict(net.stateDict()); asMap.eval();
+    t.ok((await diff(L.noGrad(() => asMap.denoise(k, sig)), got)).rel > 1e-2, "'map' differs");
+
+    const dir = mkdtempSync(join(tmpdir(), 'latentdem-dncnn-'));
+    try {
+      const file = join(dir, 'k.safetensors');
+      await saveSafetensors(file, net.stateDict(), { metadata: { config: JSON.stringify(KERNEL_DNCNN) } });
+      const back = await loadDnCNN(file, { backend: b });
+      t.same(back.config, KERNEL_DNCNN, 'config from the metadata');
+      t.equal(back.training, false, 'in eval mode');
+      t.ok((await diff(L.noGrad(() => back.denoise(k, sig)), got)).maxAbs === 0, 'identical output');
+      const bare = join(dir, 'bare.safetensors');
+      await saveSafetensors(bare, net.stateDict());
+      await t.rejects(loadDnCNN(bare, { backend: b }), SafetensorsError, 'no config metadata: typed error');
+      const bad = join(dir, 'bad.safetensors');
+      await saveSafetensors(bad, net.stateDict(), { metadata: { config: JSON.stringify({ ...KERNEL_DNCNN, nc: 0 }) } });
+      await t.rejects(loadDnCNN(bad, { backend: b }), /nc must be a positive integer/, 'bad config: named field');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 }

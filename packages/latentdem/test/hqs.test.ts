@@ -75,7 +75,43 @@ for (const backend of await backends()) {
     t.not(argmax(eShift), argmax(kTrue), 'a one-pixel centring error moves the argmax');
   });
 
-  t.test(`estimateKernel ${backend.name}: release defaults with noise give a useful kernel; 'l2' equals 'none'; tidy`, async (t) => {
+  t.test(`estimateKernel ${backend.name}: one 'l2' (Tikhonov) iteration equals a float64 naive-DFT oracle`, async (t) => {
+    const n = 8; const ks = 3; const h = 1; const alpha = 0.7; const mu = 1.3;
+    const xs = testImage(n, 21).subarray(0, n * n); const ys = testImage(n, 22).subarray(0, n * n);
+    // Naive DFT in float64: F[u][v] = sum x[p][q] e^{-2 pi i (u p + v q) / n}.
+    const dft = (a: ArrayLike<number>): [number[], number[]] => {
+      const re: number[] = []; const im: number[] = [];
+      for (let u = 0; u < n; u++) for (let v = 0; v < n; v++) {
+        let r = 0, i = 0;
+        for (let p = 0; p < n; p++) for (let q = 0; q < n; q++) { const ph = (-2 * Math.PI * (u * p + v * q)) / n; r += a[p * n + q] * Math.cos(ph); i += a[p * n + q] * Math.sin(ph); }
+        re.push(r); im.push(i);
+      }
+      return [re, im];
+    };
+    const [xr, xi] = dft(xs); const [yr, yi] = dft(ys);
+    // The delta init at (h, h) becomes Z = 1 everywhere after p2o. K = (conj(X) Y + alpha Z) / (|X|^2 + alpha + mu).
+    const kr = xr.map((_, f) => (xr[f] * yr[f] + xi[f] * yi[f] + alpha) / (xr[f] ** 2 + xi[f] ** 2 + alpha + mu));
+    const ki = xr.map((_, f) => (xr[f] * yi[f] - xi[f] * yr[f]) / (xr[f] ** 2 + xi[f] ** 2 + alpha + mu));
+    const full = (p: number, q: number): number => {
+      let r = 0;
+      for (let u = 0; u < n; u++) for (let v = 0; v < n; v++) { const ph = (2 * Math.PI * (u * p + v * q)) / n; r += kr[u * n + v] * Math.cos(ph) - ki[u * n + v] * Math.sin(ph); }
+      return r / (n * n);
+    };
+    const crop: number[] = [];
+    for (let i = 0; i < ks; i++) for (let j = 0; j < ks; j++) crop.push(Math.max(0, full((i - h + n) % n, (j - h + n) % n)));
+    const total = crop.reduce((a, b) => a + b, 0);
+    const want = crop.map((v) => v / total);
+    const x = tensor(xs, { shape: [1, n, n], backend }); const y = tensor(ys, { shape: [1, n, n], backend });
+    const got = await estimateKernel(x, y, { kernelSize: ks, iterations: 1, alpha, prior: 'l2', l2Weight: mu }).data();
+    let err = 0; for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i] - want[i]));
+    t.ok(err < 1e-5, `max |error| ${err.toExponential(2)}`);
+    const none = await estimateKernel(x, y, { kernelSize: ks, iterations: 1, alpha, prior: 'none' }).data();
+    t.ok(kernelMse(none, want) > 1e-6, `'none' differs from the Tikhonov step (mse ${kernelMse(none, want).toExponential(1)})`);
+    t.throws(() => estimateKernel(x, y, { kernelSize: ks, alpha, prior: 'l2', l2Weight: -1 }), RangeError, 'negative l2Weight is refused');
+    t.throws(() => estimateKernel(x, y, { kernelSize: ks, alpha, prior: 'l2' }), /needs l2Weight/, 'l2 without a weight is refused');
+  });
+
+  t.test(`estimateKernel ${backend.name}: release defaults with noise give a useful kernel; 'l2' with weight 0 equals 'none'; tidy`, async (t) => {
     const n = 128; const ks = 32;
     const kTrue = motionKernelData({ size: ks, seed: 4 });
     const x = tensor(testImage(n, 9), { shape: [3, n, n], backend });
@@ -85,14 +121,14 @@ for (const backend of await backends()) {
     const y = yClean.add(tensor(noise, { shape: [3, n, n], backend }));
     const before = memory();
     const kNone = estimateKernel(x, y, { kernelSize: ks, sigma: 0.01, alpha: 1, iterations: 40 });
-    const kL2 = estimateKernel(x, y, { kernelSize: ks, sigma: 0.01, alpha: 1, iterations: 40, prior: 'l2' });
+    const kL2 = estimateKernel(x, y, { kernelSize: ks, sigma: 0.01, alpha: 1, iterations: 40, prior: 'l2', l2Weight: 0 });
     let seenSigma = -1;
     const kFn = estimateKernel(x, y, { kernelSize: ks, iterations: 2, prior: (k, sg) => { seenSigma = sg; return k.mul(2); } });
     const after = memory();
     t.equal(after.tensors[backend.name] - before.tensors[backend.name], 3, 'only the three results stay alive');
     t.equal(seenSigma, Math.sqrt(1 / 5e6), 'prior sees sigma = sqrt(lambda / beta)');
     const a = await kNone.data(); const b = await kL2.data();
-    t.ok(kernelMse(a, b) < 1e-14, `'l2' matches 'none' after projection (mse ${kernelMse(a, b).toExponential(1)})`);
+    t.ok(kernelMse(a, b) < 1e-14, `'l2' with weight 0 matches 'none' (mse ${kernelMse(a, b).toExponential(1)})`);
     const m = mnc(a, kTrue);
     t.ok(m > 0.8, `noisy recovery MNC ${m.toFixed(3)}`);
     for (const k of [kNone, kL2, kFn, x, y, yClean]) k.dispose();

@@ -8,7 +8,7 @@
  */
 import { concat, full, noGrad, tidy } from '@latentdem/tensor';
 import type { Backend, BackendName, Generator, Tensor } from '@latentdem/tensor';
-import { BatchNorm2d, Conv2d, Module, ReLU, Sequential } from '@latentdem/nn';
+import { BatchNorm2d, Conv2d, Module, ReLU, SafetensorsError, SafetensorsFile, Sequential } from '@latentdem/nn';
 import type { TensorModule } from '@latentdem/nn';
 
 /** Field names are KAIR's constructor arguments, plus whether the output is residual (DnCNN) or direct (FDnCNN). */
@@ -22,12 +22,22 @@ export interface DnCNNConfig {
   act_mode: 'BR' | 'R';
   /** true: forward returns x - model(x) (KAIR DnCNN); false: model(x) (KAIR FDnCNN). */
   residual: boolean;
+  /**
+   * How a kernel k and its noise std sigma become the network input (see `DnCNN.denoise`). 'map' (default):
+   * [k, sigma * 1], the release's convention. 'normalized': [k / sigma, ln(sigma * h * w) * 1] and the output
+   * multiplied by sigma, so the network always sees unit-variance noise whatever the level, and the map
+   * says how strong the noise is against a kernel's mean value 1 / (h w). Ours uses 'normalized': with
+   * 'map' the inputs are ~1e-3 and the noise levels span 250x, and training did not beat the noisy input.
+   */
+  kernelInput?: 'map' | 'normalized';
 }
 
 /** The LatentDEM release's kernel denoiser: FDnCNN(in_nc=2, out_nc=1, nc=64, nb=20, act_mode='R'). */
 export const RELEASE_FDNCNN: DnCNNConfig = { in_nc: 2, out_nc: 1, nc: 64, nb: 20, act_mode: 'R', residual: false };
 /** The paper's small kernel denoiser: 5 blocks, 32 channels, batch norm, residual. */
 export const PAPER_DNCNN: DnCNNConfig = { in_nc: 2, out_nc: 1, nc: 32, nb: 5, act_mode: 'BR', residual: true };
+/** latentdem's trained kernel denoiser (weights/dncnn-kernel): the paper's network with normalized input. */
+export const KERNEL_DNCNN: DnCNNConfig = { ...PAPER_DNCNN, kernelInput: 'normalized' };
 
 export class DnCNN extends Module {
   readonly model: Sequential;
@@ -51,6 +61,23 @@ export class DnCNN extends Module {
     const n = this.model.forward(x);
     return this.config.residual ? x.sub(n) : n;
   }
+
+  /**
+   * The denoised kernels [N,1,h,w] (not projected; differentiable) for noisy kernels k [N,1,h,w] at noise
+   * std sigma (a number, or [N,1,1,1] per kernel), with the input convention of `config.kernelInput`.
+   */
+  denoise(k: Tensor, sigma: number | Tensor): Tensor {
+    // No tidy here: in training the intermediates are saved for backward (callers tidy around it).
+    const [n, , h, w] = k.shape;
+    const s = typeof sigma === 'number' ? full([n, 1, 1, 1], sigma, { backend: k.backend }) : sigma;
+    const normalized = this.config.kernelInput === 'normalized';
+    const x = normalized ? k.div(s) : k;
+    const map = (normalized ? s.mul(h * w).log() : s).expand([n, 1, h, w]);
+    const out = this.forward(concat([x, map], 1));
+    // Residual DnCNN subtracts n from both input channels; channel 0 is the denoised kernel.
+    const z = this.config.residual ? out.narrow(1, 0, 1) : out;
+    return normalized ? z.mul(s) : z;
+  }
 }
 
 /**
@@ -59,10 +86,45 @@ export class DnCNN extends Module {
  */
 export function denoiseKernel(net: DnCNN, k: Tensor, sigma: number): Tensor {
   return noGrad(() => tidy(() => {
-    const map = full([k.shape[0], 1, k.shape[2], k.shape[3]], sigma, { backend: k.backend });
-    const out = net.forward(concat([k, map], 1));
-    // Residual DnCNN subtracts n from both input channels; channel 0 is the denoised kernel.
-    const z = (net.config.residual ? out.narrow(1, 0, 1) : out).clamp(0);
-    return z.div(z.sum([2, 3], { keepdim: true }));
+    const z = net.denoise(k, sigma).clamp(0);
+    return z.div(z.sum([2, 3], { keepdim: true }).maximum(1e-30));
   }));
+}
+
+/**
+ * A DnCNN from a safetensors file that records its config as JSON in the metadata key `config` (as
+ * tools/train-dncnn writes it and weights/dncnn-kernel ships it), in eval mode. Training checkpoints also
+ * hold `optimizer.*` tensors; those are skipped.
+ */
+export async function loadDnCNN(path: string, o: { backend?: BackendName | Backend } = {}): Promise<DnCNN> {
+  const f = await SafetensorsFile.open(path);
+  try {
+    const raw = f.metadata.config;
+    if (raw === undefined) throw new SafetensorsError(path, 'has no "config" metadata: not a DnCNN file written by latentdem (for other files, build a DnCNN and call loadStateDict)');
+    let config: DnCNNConfig;
+    try {
+      config = JSON.parse(raw) as DnCNNConfig;
+    } catch (e) {
+      throw new SafetensorsError(path, `"config" metadata is not valid JSON (${(e as Error).message})`, { cause: e });
+    }
+    for (const key of ['in_nc', 'out_nc', 'nc', 'nb'] as const) {
+      if (!Number.isInteger(config[key]) || config[key] < 1) throw new SafetensorsError(path, `"config" metadata: ${key} must be a positive integer, got ${JSON.stringify(config[key])}`);
+    }
+    if (config.act_mode !== 'BR' && config.act_mode !== 'R') throw new SafetensorsError(path, `"config" metadata: act_mode must be 'BR' or 'R', got ${JSON.stringify(config.act_mode)}`);
+    const net = new DnCNN(config, o);
+    const weights = new Map<string, Tensor>();
+    for (const key of f.keys()) if (!key.startsWith('optimizer.')) weights.set(key, await f.read(key, { backend: o.backend }));
+    try {
+      net.loadStateDict(weights);
+    } catch (e) {
+      net.dispose();
+      throw e;
+    } finally {
+      for (const t of weights.values()) t.dispose();
+    }
+    net.eval();
+    return net;
+  } finally {
+    await f.close();
+  }
 }

@@ -23,10 +23,13 @@
  * K = (sum_c conj(X_c) Y_c + alpha Z) / (sum_c |X_c|^2 + alpha). Both are linear in Z, so each iteration is
  * one FFT of z and one inverse FFT: K = A + B Z with A and B computed once per call.
  *
- * Priors: 'none' is z = k. 'l2' is the release's `how='l2'` prior step (:80-81), the minimiser of
- * lambda ||z||^2 + beta/2 ||z - k||^2, i.e. z = beta k / (2 lambda + beta): a uniform shrink toward 0 which
- * the projection to sum one undoes, so it equals 'none' up to rounding (ALGORITHM.md section 5 found the
- * same). A function prior(k, sigma) plugs in a denoiser (the DnCNN of the release takes [k, sigma * 1]).
+ * Priors: 'none' is z = k. 'l2' is plain Tikhonov regularization: the data step minimises
+ * ||x (*) k - y||^2 + mu ||k||^2 + alpha ||k - z||^2, so K = (conj(X) Y + alpha Z) / (|X|^2 + alpha + mu)
+ * with mu = `l2Weight` (in the same units as alpha: unnormalized DFT, so Parseval's H W factor is inside
+ * both), then z = k. The release's own `how='l2'` prior step (:80-81) is not this: it minimises
+ * lambda ||z||^2 + beta/2 ||z - k||^2 over z, a uniform shrink z = beta k / (2 lambda + beta) that the
+ * projection to sum one undoes, so it is 'none' up to rounding (ALGORITHM.md section 5 found the same), and
+ * latentdem does not offer it. A function prior(k, sigma) plugs in a denoiser (see `denoiseKernel`).
  */
 import { add, clamp, complexMul, div, fft2, ifft2, maximum, mul, narrow, noGrad, psf2otf, roll, sub, sum, tensor, tidy } from '@latentdem/tensor';
 import type { Tensor } from '@latentdem/tensor';
@@ -48,8 +51,13 @@ export interface HqsOptions {
   sigma?: number;
   /** Overrides alpha = sigma^2 beta. */
   alpha?: number;
-  /** 'none' (z = k), 'l2' (the release's shrink), or a prior function. Default 'none'. */
+  /** 'none' (z = k), 'l2' (Tikhonov, weight `l2Weight`), or a prior function. Default 'none'. */
   prior?: 'none' | 'l2' | KernelPrior;
+  /**
+   * mu of the 'l2' prior (see above); required with it. On the calibration pairs of tools/eval-mstep every
+   * mu > 0 raised the kernel error, monotonically (weights/dncnn-kernel/README.md), so there is no default.
+   */
+  l2Weight?: number;
   /** 'mean' (per-channel solutions averaged, as the release) or 'joint' (one solution over all channels). */
   channels?: 'mean' | 'joint';
   /** Warm start z [ks, ks]; default a delta at (floor(ks/2), floor(ks/2)) (psld.py:170-171, 454-457). */
@@ -59,6 +67,7 @@ export interface HqsOptions {
 /** Defaults of the LatentDEM release (see HqsOptions). */
 export const HQS_DEFAULTS = { kernelSize: 64, iterations: 20, lambda: 1, beta: 5e6, sigma: 0.02 } as const;
 
+
 /** max(k, 0) / sum(max(k, 0)) (utils_agem.py:67-72); an all-zero kernel stays zero instead of NaN. */
 export function projectKernel(k: Tensor): Tensor {
   return tidy(() => {
@@ -67,8 +76,6 @@ export function projectKernel(k: Tensor): Tensor {
   });
 }
 
-/** The release's 'l2' prior step z = beta k / (2 lambda + beta) (utils_agem.py:80-81). */
-export const l2Prior = (lambda: number, beta: number): KernelPrior => (k) => mul(k, beta / (2 * lambda + beta));
 
 /** o2p (utils_agem.py:40-45): roll the H x W array by +floor(ks/2) and keep the top-left ks x ks block. */
 export function otfToPsfCrop(full: Tensor, ks: number): Tensor {
@@ -105,7 +112,10 @@ export function estimateKernel(x: Tensor, y: Tensor, o: HqsOptions = {}): Tensor
   const sigma = o.sigma ?? HQS_DEFAULTS.sigma;
   const alpha = o.alpha ?? sigma * sigma * beta;
   const priorOpt = o.prior ?? 'none';
-  const prior: KernelPrior | null = priorOpt === 'none' ? null : priorOpt === 'l2' ? l2Prior(lambda, beta) : priorOpt;
+  const prior: KernelPrior | null = typeof priorOpt === 'function' ? priorOpt : null;
+  if (priorOpt === 'l2' && o.l2Weight === undefined) throw new RangeError("estimateKernel: prior 'l2' needs l2Weight (mu)");
+  const mu = priorOpt === 'l2' ? o.l2Weight! : 0;
+  if (!(mu >= 0) || !(alpha > 0)) throw new RangeError(`estimateKernel: needs alpha > 0 and l2Weight >= 0, got alpha ${alpha}, l2Weight ${mu}`);
   const priorSigma = Math.sqrt(lambda / beta);
   if (x.rank !== 3 || y.rank !== 3 || x.shape.some((d, i) => d !== y.shape[i])) {
     throw new ShapeError('estimateKernel', `needs x and y of equal shape [C,H,W], got [${x.shape}] and [${y.shape}]`);
@@ -125,10 +135,10 @@ export function estimateKernel(x: Tensor, y: Tensor, o: HqsOptions = {}): Tensor
     const x2 = add(mul(xr, xr), mul(xi, xi));
     let ar: Tensor, ai: Tensor, b: Tensor;
     if ((o.channels ?? 'mean') === 'joint') {
-      const den = add(sum(x2, 0), alpha);
+      const den = add(sum(x2, 0), alpha + mu);
       ar = div(sum(nr, 0), den); ai = div(sum(ni, 0), den); b = div(alpha, den);
     } else {
-      const den = add(x2, alpha);
+      const den = add(x2, alpha + mu);
       const c = x.shape[0];
       ar = div(sum(div(nr, den), 0), c); ai = div(sum(div(ni, den), 0), c); b = div(sum(div(alpha, den), 0), c);
     }
