@@ -15,7 +15,7 @@
  *   the channels solved jointly. --denoiser MODULE adds 'custom': MODULE exports
  *   `createPrior(): Promise<KernelPrior>` (see hqs.ts). Default methods: none,l2,ours.
  * --lambda L sets the PnP prior weight of 'ours' and 'custom' (denoiser noise level sqrt(L / beta));
- *   default 1 (the release's).
+ *   default KERNEL_DNCNN_LAMBDA (16, chosen with --calibrate; the release's FDnCNN row always uses its lambda 1).
  * --limit N takes N pairs chosen by a seeded shuffle (seed --subset-seed, default 0); default all 500.
  * --calibrate N runs instead on N calibration pairs that share nothing with the evaluation pairs: kernels
  *   from our generator (seeds 7000000 + i), images shared/data/train-images (every 7th file, centre 256
@@ -30,7 +30,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { readImage, ready, tensor, tidy, type Tensor } from '@latentdem/tensor';
 import { loadTorchCheckpoint } from '@latentdem/nn';
 import {
-  blurCircular, denoiseKernel, DnCNN, estimateKernel, HQS_DEFAULTS, kernelMse, loadDnCNN, mnc, motionKernelData, pairNoise,
+  blurCircular, denoiseKernel, DnCNN, estimateKernel, HQS_DEFAULTS, KERNEL_DNCNN_LAMBDA, kernelMse, loadDnCNN, mnc, motionKernelData, pairNoise,
   portableUniform, RELEASE_FDNCNN, type HqsOptions, type KernelPrior,
 } from 'latentdem';
 
@@ -52,7 +52,7 @@ const calibrate = num('calibrate', 0);
 // mu of row (c): the calibration sweep (--calibrate 20) found every mu > 0 worse than mu = 0 (= row d), so the
 // default is the smallest weight tried, 3 (weights/dncnn-kernel/README.md has the sweep).
 const l2Weight = num('l2-weight', 3);
-const lambda = num('lambda', HQS_DEFAULTS.lambda);
+const lambda = num('lambda', KERNEL_DNCNN_LAMBDA);
 const methodNames = (opt('methods') ?? 'none,l2,ours').split(',').filter((m) => m);
 
 interface PairsJson { noise_levels: number[]; pairs: { kernel: number; image: number; noise_seed: number }[]; images: { file: string }[] }

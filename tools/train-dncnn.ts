@@ -77,17 +77,33 @@ export function inputLossOf(b: { clean: L.Tensor; noisy: L.Tensor; sigma: L.Tens
   return b.noisy.sub(b.clean).div(b.sigma).square().mean();
 }
 
-/** A loss curve as a PNG: log10(loss) over steps, white on black, 512x256. */
-function lossPng(path: string, losses: number[]): Promise<void> {
+/**
+ * Loss curves as a PNG (512x256, log10 scale): the training loss in white, the noisy input's loss in gray,
+ * faint lines at each power of ten.
+ */
+export function lossPng(path: string, series: { loss: number; input_loss?: number }[]): Promise<void> {
   const W = 512; const H = 256;
   const img = new Float32Array(W * H);
-  const ys = losses.map((v) => Math.log10(Math.max(v, 1e-12)));
-  const lo = Math.min(...ys); const hi = Math.max(...ys);
-  for (let i = 0; i < ys.length; i++) {
-    const x = Math.min(W - 1, Math.floor((i / Math.max(1, ys.length - 1)) * (W - 1)));
-    const y = H - 1 - Math.floor(((ys[i] - lo) / Math.max(hi - lo, 1e-9)) * (H - 1));
-    img[y * W + x] = 1;
-  }
+  const lines = [series.map((r) => r.loss), series.map((r) => r.input_loss ?? NaN)].map((v) => v.map((x) => Math.log10(Math.max(x, 1e-12))));
+  const all = lines.flat().filter(Number.isFinite);
+  const lo = Math.floor(Math.min(...all)); const hi = Math.ceil(Math.max(...all));
+  const py = (v: number): number => Math.round((H - 3) - ((v - lo) / Math.max(hi - lo, 1e-9)) * (H - 6));
+  for (let d = lo; d <= hi; d++) { const y = py(d); for (let x = 0; x < W; x += 2) img[y * W + x] = 0.25; }
+  const plot = (ys: number[], shade: number): void => {
+    const px = (i: number): number => Math.round((i / Math.max(1, ys.length - 1)) * (W - 1));
+    for (let i = 0; i < ys.length; i++) {
+      if (!Number.isFinite(ys[i])) continue;
+      const j = i + 1 < ys.length && Number.isFinite(ys[i + 1]) ? i + 1 : i;
+      const [x0, y0, x1, y1] = [px(i), py(ys[i]), px(j), py(ys[j])];
+      const n = Math.max(Math.abs(x1 - x0), Math.abs(y1 - y0), 1);
+      for (let k = 0; k <= n; k++) {
+        const x = Math.round(x0 + ((x1 - x0) * k) / n); const y = Math.round(y0 + ((y1 - y0) * k) / n);
+        for (let dy = -1; dy <= 1; dy++) if (y + dy >= 0 && y + dy < H) img[(y + dy) * W + x] = Math.max(img[(y + dy) * W + x], shade);
+      }
+    }
+  };
+  plot(lines[1], 0.5);
+  plot(lines[0], 1);
   return L.writeImage(path, L.tensor(img, { shape: [1, H, W], backend: 'cpu' }));
 }
 
@@ -131,7 +147,7 @@ export async function train(a: TrainArgs): Promise<string> {
     renameSync(`${ckpt}.tmp`, ckpt);
     writeFileSync(statePath, JSON.stringify({ step, log, optimizer: { lr: os.lr, steps: os.steps }, run: { steps: a.steps, batch: a.batch, lr: a.lr, seed: a.seed } }));
     writeFileSync(join(a.out, 'log.json'), JSON.stringify({ config: KERNEL_DNCNN, args: a, log }, null, 1));
-    await lossPng(join(a.out, 'loss.png'), log.map((r) => r.loss));
+    await lossPng(join(a.out, 'loss.png'), log);
   };
   const end = Math.min(a.steps, a.stopAt ?? a.steps);
   while (step < end) {

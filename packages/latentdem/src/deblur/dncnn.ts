@@ -38,6 +38,12 @@ export const RELEASE_FDNCNN: DnCNNConfig = { in_nc: 2, out_nc: 1, nc: 64, nb: 20
 export const PAPER_DNCNN: DnCNNConfig = { in_nc: 2, out_nc: 1, nc: 32, nb: 5, act_mode: 'BR', residual: true };
 /** latentdem's trained kernel denoiser (weights/dncnn-kernel): the paper's network with normalized input. */
 export const KERNEL_DNCNN: DnCNNConfig = { ...PAPER_DNCNN, kernelInput: 'normalized' };
+/**
+ * The HQS prior weight lambda to use with the shipped KERNEL_DNCNN weights (denoiser noise level
+ * sqrt(lambda / beta) = 1.8e-3 at beta 5e6). Chosen among 1, 4, 16, 64 on 20 calibration pairs of
+ * tools/eval-mstep --calibrate (never the evaluation pairs); the release's FDnCNN uses lambda 1.
+ */
+export const KERNEL_DNCNN_LAMBDA = 16;
 
 export class DnCNN extends Module {
   readonly model: Sequential;
