@@ -17,6 +17,7 @@
  * --lambda L sets the PnP prior weight of 'ours' and 'custom' (denoiser noise level sqrt(L / beta));
  *   default KERNEL_DNCNN_LAMBDA (16, chosen with --calibrate; the release's FDnCNN row always uses its lambda 1).
  * --limit N takes N pairs chosen by a seeded shuffle (seed --subset-seed, default 0); default all 500.
+ *   --offset K skips the shuffle's first K, so runs with --offset 0 --limit 200 and --offset 200 split the 500.
  * --calibrate N runs instead on N calibration pairs that share nothing with the evaluation pairs: kernels
  *   from our generator (seeds 7000000 + i), images shared/data/train-images (every 7th file, centre 256
  *   crop), noise streams 100000 + i. Use it to choose --l2-weight and --lambda.
@@ -58,7 +59,8 @@ const methodNames = (opt('methods') ?? 'none,l2,ours').split(',').filter((m) => 
 interface PairsJson { noise_levels: number[]; pairs: { kernel: number; image: number; noise_seed: number }[]; images: { file: string }[] }
 const pairsJson = JSON.parse(readFileSync(join(dataDir, 'pairs.json'), 'utf8')) as PairsJson;
 const nPairs = pairsJson.pairs.length;
-const limit = Math.min(nPairs, num('limit', nPairs));
+const offset = num('offset', 0);
+const limit = Math.min(nPairs - offset, num('limit', nPairs - offset));
 
 /** F32 tensor `name` of a safetensors file (header: u64 length, JSON; data little-endian). */
 function readSafetensorF32(path: string, name: string): { data: Float32Array; shape: number[] } {
@@ -74,15 +76,15 @@ function readSafetensorF32(path: string, name: string): { data: Float32Array; sh
 }
 
 /** The first `limit` pair indices of a seeded Fisher-Yates shuffle (all pairs in order when limit = n). */
-function subset(n: number, count: number, seed: number): number[] {
+function subset(n: number, count: number, seed: number, offset = 0): number[] {
   const idx = Array.from({ length: n }, (_, i) => i);
-  if (count >= n) return idx;
+  if (count >= n && offset === 0) return idx;
   const s = BigInt(seed) << 32n;
   for (let i = n - 1; i > 0; i--) {
     const j = Math.floor(portableUniform(s, n - 1 - i) * (i + 1));
     [idx[i], idx[j]] = [idx[j], idx[i]];
   }
-  return idx.slice(0, count).sort((a, b) => a - b);
+  return idx.slice(offset, offset + count).sort((a, b) => a - b);
 }
 
 const backend = await ready();
@@ -138,12 +140,12 @@ if (calibrate > 0) {
   }));
   selection = `${calibrate} calibration pairs (our kernels, seeds 7000000+; train-images; never the evaluation pairs)`;
 } else {
-  const chosen = subset(nPairs, limit, subsetSeed);
+  const chosen = subset(nPairs, limit, subsetSeed, offset);
   items = chosen.map((j) => {
     const p = pairsJson.pairs[j];
     return { id: j, imageFile: join(dataDir, pairsJson.images[p.image].file), kTrue: kernels.data.subarray(p.kernel * ks * ks, (p.kernel + 1) * ks * ks), noiseStream: j };
   });
-  selection = `${items.length} of ${nPairs} pairs (subset seed ${subsetSeed})`;
+  selection = `${items.length} of ${nPairs} pairs (subset seed ${subsetSeed}${offset ? `, shuffle positions ${offset}..${offset + items.length - 1}` : ''})`;
 }
 
 interface Result { pair: number; sigma: number; method: string; mse: number; mnc: number }
