@@ -42,7 +42,8 @@ for (const sigma of SIGMAS) {
       const k = L.tensor(clean, { shape: [1, 1, 64, 64], backend });
       const noisy = k.add(L.randn([1, 1, 64, 64], { seed: 1_000_000 + i, backend }).mul(sigma));
       // Every denoiser gets the projected noisy kernel, as the M-step gives it.
-      const base = noisy.clamp(0).div(noisy.clamp(0).sum());
+      const clipped = noisy.clamp(0);
+      const base = clipped.div(clipped.sum());
       return { base, ours: denoiseKernel(ours, base, sigma), rel: release ? denoiseKernel(release, base, sigma) : null };
     });
     eBase += kernelMse(await res.base.data(), clean);

@@ -31,7 +31,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { readImage, ready, tensor, tidy, type Tensor } from '@latentdem/tensor';
 import { loadTorchCheckpoint } from '@latentdem/nn';
 import {
-  blurCircular, denoiseKernel, DnCNN, estimateKernel, HQS_DEFAULTS, KERNEL_DNCNN_LAMBDA, kernelMse, loadDnCNN, mnc, motionKernelData, pairNoise,
+  blurCircular, DnCNN, dncnnPrior, estimateKernel, HQS_DEFAULTS, KERNEL_DNCNN_LAMBDA, kernelMse, loadDnCNN, mnc, motionKernelData, pairNoise,
   portableUniform, RELEASE_FDNCNN, type HqsOptions, type KernelPrior,
 } from 'latentdem';
 
@@ -88,11 +88,6 @@ function subset(n: number, count: number, seed: number, offset = 0): number[] {
 }
 
 const backend = await ready();
-
-/** A DnCNN as a KernelPrior on [ks, ks] kernels. */
-function dncnnPrior(net: DnCNN): KernelPrior {
-  return (k, sigma) => { const [h, w] = k.shape; return denoiseKernel(net, k.reshape([1, 1, h, w]), sigma).reshape([h, w]); };
-}
 
 interface Method { name: string; options: (sigma: number) => HqsOptions }
 const methods: Method[] = [];
@@ -167,11 +162,11 @@ for (let done = 0; done < items.length; done++) {
   }
   const x = imageCache.x;
   const noise = Float32Array.from(pairNoise(noiseStream, x.size));
+  const blurred = tidy(() => blurCircular(x, tensor(kTrue, { shape: [ks, ks], backend })));
   for (const sigma of sigmas) {
+    const y = tidy(() => blurred.add(tensor(noise, { shape: x.shape, backend }).mul(sigma)));
     for (const m of methods) {
       const est = tidy(() => {
-        const kt = tensor(kTrue, { shape: [ks, ks], backend });
-        const y = blurCircular(x, kt).add(tensor(noise, { shape: x.shape, backend }).mul(sigma));
         let k = estimateKernel(x, y, { ...m.options(sigma), kernelSize: ks, iterations: iters });
         for (let r = 1; r < msteps; r++) { const next = estimateKernel(x, y, { ...m.options(sigma), kernelSize: ks, iterations: iters, init: k }); k.dispose(); k = next; }
         return k;
@@ -180,7 +175,9 @@ for (let done = 0; done < items.length; done++) {
       est.dispose();
       results.push({ pair: id, sigma, method: m.name, mse: kernelMse(e, kTrue), mnc: mnc(e, kTrue) });
     }
+    y.dispose();
   }
+  blurred.dispose();
   if (tty) {
     const el = (performance.now() - t0) / 1000; const rate = (done + 1) / el;
     process.stderr.write(`\reval-mstep: ${done + 1}/${items.length} pairs, ${rate.toFixed(2)} pairs/s, ETA ${((items.length - done - 1) / rate).toFixed(0)} s   `);

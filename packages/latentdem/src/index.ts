@@ -5,5 +5,5 @@ export { estimateKernel, blurCircular, projectKernel, otfToPsfCrop, HQS_DEFAULTS
 export type { HqsOptions, KernelPrior } from './deblur/hqs.js';
 export { mse, kernelMse, psnr, ssim, mnc, SSIM_K1, SSIM_K2, SSIM_WINDOW, SSIM_SIGMA } from './deblur/metrics.js';
 export { splitmix64, portableUniform, portableNormals, pairNoise, pairNoiseSeed, pairwiseSum, logCR, sinCosCR } from './deblur/noise.js';
-export { DnCNN, KERNEL_DNCNN, KERNEL_DNCNN_LAMBDA, PAPER_DNCNN, RELEASE_FDNCNN, denoiseKernel, loadDnCNN } from './deblur/dncnn.js';
+export { DnCNN, KERNEL_DNCNN, KERNEL_DNCNN_LAMBDA, PAPER_DNCNN, RELEASE_FDNCNN, denoiseKernel, dncnnPrior, loadDnCNN } from './deblur/dncnn.js';
 export type { DnCNNConfig } from './deblur/dncnn.js';

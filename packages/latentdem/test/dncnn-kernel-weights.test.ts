@@ -6,7 +6,7 @@ import t from 'tap';
 import { join } from 'node:path';
 import * as L from '@latentdem/tensor';
 import { loadSafetensors } from '@latentdem/nn';
-import { KERNEL_DNCNN, KERNEL_DNCNN_LAMBDA, denoiseKernel, loadDnCNN } from '../src/deblur/dncnn.js';
+import { KERNEL_DNCNN, KERNEL_DNCNN_LAMBDA, denoiseKernel, dncnnPrior, loadDnCNN } from '../src/deblur/dncnn.js';
 import { blurCircular, estimateKernel } from '../src/deblur/hqs.js';
 import { kernelMse } from '../src/deblur/metrics.js';
 import { motionKernelData } from '../src/deblur/motionblur.js';
@@ -46,7 +46,7 @@ for (const b of backends) {
 t.test('shipped DnCNN in the HQS M-step beats no prior on 2 calibration pairs (sigma 0.02)', async (t) => {
   const b = backends[backends.length - 1]; // webgpu when present: 40 DnCNN calls are slow on the cpu backend
   const net = await loadDnCNN(WEIGHTS, { backend: b });
-  const prior = (k: L.Tensor, s: number): L.Tensor => denoiseKernel(net, k.reshape([1, 1, 64, 64]), s).reshape([64, 64]);
+  const prior = dncnnPrior(net);
   for (const i of [0, 1]) {
     // Calibration pair i of tools/eval-mstep --calibrate: our kernel seed 7000000 + i, train image 7 i.
     const kTrue = motionKernelData({ size: 64, intensity: 0.5, seed: 7_000_000 + i });

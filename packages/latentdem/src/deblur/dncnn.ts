@@ -10,6 +10,7 @@ import { concat, full, noGrad, tidy } from '@latentdem/tensor';
 import type { Backend, BackendName, Generator, Tensor } from '@latentdem/tensor';
 import { BatchNorm2d, Conv2d, Module, ReLU, SafetensorsError, SafetensorsFile, Sequential } from '@latentdem/nn';
 import type { TensorModule } from '@latentdem/nn';
+import type { KernelPrior } from './hqs.js';
 
 /** Field names are KAIR's constructor arguments, plus whether the output is residual (DnCNN) or direct (FDnCNN). */
 export interface DnCNNConfig {
@@ -95,6 +96,14 @@ export function denoiseKernel(net: DnCNN, k: Tensor, sigma: number): Tensor {
     const z = net.denoise(k, sigma).clamp(0);
     return z.div(z.sum([2, 3], { keepdim: true }).maximum(1e-30));
   }));
+}
+
+/** `net` as the M-step's prior step on single [h, w] kernels (the `prior` option of estimateKernel). */
+export function dncnnPrior(net: DnCNN): KernelPrior {
+  return (k, sigma) => {
+    const [h, w] = k.shape;
+    return denoiseKernel(net, k.reshape([1, 1, h, w]), sigma).reshape([h, w]);
+  };
 }
 
 /**
