@@ -1,13 +1,17 @@
 /** Neural-network composites written as math over primitives (so they differentiate for free). */
 import { ShapeError, fmtShape } from '../errors.js';
-import { noGrad } from '../autodiff.js';
+import { noGrad, record } from '../autodiff.js';
 import type { Tensor } from '../tensor.js';
 import { normalizeAxis } from '../shape.js';
 import { composite } from './composite.js';
 import { requireFloat } from './core.js';
 import { add, div, exp, mul, rsqrt, sub, where } from './elementwise.js';
 import { logsumexp, max, mean, sum, variance } from './reduce.js';
-import { detach, reshape, transpose } from './views.js';
+import { concat, contiguous, detach, expand, narrow, reshape, transpose } from './views.js';
+import { zerosLike } from './creation.js';
+import { unbroadcast } from './broadcast.js';
+import { broadcastShapes, numel } from '../shape.js';
+import { tidy } from '../memory.js';
 import { matmul } from './linalg.js';
 
 export function softmax(x: Tensor, axis = -1): Tensor {
@@ -68,17 +72,94 @@ export interface AttentionOptions {
   scale?: number;
 }
 
+/**
+ * Largest score matrix (batch x Lq x Lk float32) attention materializes at once. Above it the queries run in
+ * chunks of rows and the backward recomputes each chunk's probabilities (flash-attention's recompute, at the
+ * granularity of ops), so memory stays near this bound however long the sequence: SD's first level at a
+ * 64x64 latent, batch 2, 8 heads would need 1 GiB for the full matrix. Tests lower it to run both paths.
+ */
+export const attentionTuning = { maxScoreBytes: 32 * 1024 * 1024 };
+
 /** softmax(q k^T * scale [masked]) v over q [..., Lq, d], k [..., Lk, d], v [..., Lk, dv]. */
 export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, o: AttentionOptions = {}): Tensor {
   requireFloat('attention', q, k, v);
+  if (q.rank < 2 || k.rank < 2 || v.rank < 2) throw new ShapeError('attention', `q ${fmtShape(q.shape)}, k ${fmtShape(k.shape)}, v ${fmtShape(v.shape)} need at least 2 dims`);
   const d = q.shape[q.rank - 1];
   if (k.shape[k.rank - 1] !== d || k.shape[k.rank - 2] !== v.shape[v.rank - 2]) {
     throw new ShapeError('attention', `q ${fmtShape(q.shape)}, k ${fmtShape(k.shape)}, v ${fmtShape(v.shape)} do not fit`);
   }
   const scale = o.scale ?? 1 / Math.sqrt(d);
-  return composite([q, k, v], () => {
-    let s = mul(matmul(q, transpose(k)), scale);
-    if (o.mask) s = where(o.mask, s, -Infinity);
-    return matmul(softmax(s, -1), v);
+  const batch = broadcastShapes('attention', q.shape.slice(0, -2), k.shape.slice(0, -2), v.shape.slice(0, -2));
+  const lq = q.shape[q.rank - 2];
+  const lk = k.shape[k.rank - 2];
+  const rowBytes = numel(batch) * lk * 4;
+  const rows = Math.max(1, Math.floor(attentionTuning.maxScoreBytes / rowBytes));
+  if (rows >= lq) return composite([q, k, v], () => attentionRows(q, k, v, scale, o.mask ?? null));
+  return chunkedAttention(q, k, v, scale, o.mask ?? null, batch, rows);
+}
+
+/** softmax(q k^T * scale) v for the rows of q given (mask rows already matching q's). */
+function attentionRows(q: Tensor, k: Tensor, v: Tensor, scale: number, mask: Tensor | null): Tensor {
+  return matmul(attentionProbs(q, k, scale, mask), v);
+}
+
+function attentionProbs(q: Tensor, k: Tensor, scale: number, mask: Tensor | null): Tensor {
+  let s = mul(matmul(q, transpose(k)), scale);
+  if (mask) s = where(mask, s, -Infinity);
+  return softmax(s, -1);
+}
+
+/** The mask rows [r0, r0 + n) along its query axis (all of it when that axis broadcasts). */
+function maskRows(mask: Tensor | null, r0: number, n: number): Tensor | null {
+  if (!mask || mask.rank < 2 || mask.shape[mask.rank - 2] === 1) return mask;
+  return narrow(mask, mask.rank - 2, r0, n);
+}
+
+/**
+ * Attention over chunks of query rows. The forward keeps only q, k, v and the output; the backward recomputes
+ * each chunk's probabilities P and uses dS = P * (dP - rowsum(dO * O)), dQ = dS K scale, dK += dS^T Q scale,
+ * dV += P^T dO (the flash-attention backward).
+ */
+function chunkedAttention(q: Tensor, k: Tensor, v: Tensor, scale: number, mask: Tensor | null, batch: number[], rows: number): Tensor {
+  const lq = q.shape[q.rank - 2];
+  const axis = batch.length;
+  const qe = expand(q, [...batch, ...q.shape.slice(-2)]);
+  const ke = expand(k, [...batch, ...k.shape.slice(-2)]);
+  const ve = expand(v, [...batch, ...v.shape.slice(-2)]);
+  const starts: number[] = [];
+  for (let r = 0; r < lq; r += rows) starts.push(r);
+  const out = noGrad(() => {
+    const parts = starts.map((r0) => tidy(() => {
+      const n = Math.min(rows, lq - r0);
+      return contiguous(attentionRows(narrow(qe, axis, r0, n), ke, ve, scale, maskRows(mask, r0, n)));
+    }));
+    const o = concat(parts, axis);
+    for (const p of parts) p.dispose();
+    return o;
   });
+  for (const t of [qe, ke, ve]) if (t !== q && t !== k && t !== v) out.own(t);
+  record('attention', [q, k, v], [out], ([g]) => {
+    let dk = zerosLike(ke);
+    let dv = zerosLike(ve);
+    const dqParts: Tensor[] = [];
+    for (const r0 of starts) {
+      const n = Math.min(rows, lq - r0);
+      const [dq, dkNext, dvNext] = tidy(() => {
+        const qc = narrow(qe, axis, r0, n);
+        const gc = narrow(g!, axis, r0, n);
+        const p = attentionProbs(qc, ke, scale, maskRows(mask, r0, n));
+        const dp = matmul(gc, transpose(ve));
+        const rowDot = sum(mul(gc, narrow(out, axis, r0, n)), -1, { keepdim: true });
+        const ds = mul(mul(p, sub(dp, rowDot)), scale);
+        return [matmul(ds, ke), add(dk, matmul(transpose(ds), qc)), add(dv, matmul(transpose(p), gc))];
+      });
+      dk.dispose(); dv.dispose();
+      dk = dkNext; dv = dvNext;
+      dqParts.push(dq);
+    }
+    const dq = concat(dqParts, axis);
+    for (const p of dqParts) p.dispose();
+    return [unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)];
+  });
+  return out;
 }
