@@ -29,7 +29,7 @@ for (const b of backends) {
       const mask = c.mask ? on(b, hostRandom(c.mask.reduce((a, n) => a * n), 4), c.mask).gt(-0.5) : null;
       // keep at least one key per row so no row is all -inf
       const maskFixed = mask ? L.maximum(mask, L.concat([L.ones([...c.mask!.slice(0, -1), 1], { backend: b }), L.zeros([...c.mask!.slice(0, -1), lk - 1], { backend: b })], -1)) : null;
-      const run = async (rows: number): Promise<{ out: Float32Array; grads: Float32Array[] }> => {
+      const run = async (rows: number): Promise<{ out: ArrayLike<number>; grads: ArrayLike<number>[] }> => {
         const xs = data.map((d, i) => on(b, d, shapes[i], true));
         const out = withRows(rows, c.batch, lk, () => L.scaledDotProductAttention(xs[0], xs[1], xs[2], { mask: maskFixed }));
         const r = on(b, hostRandom(out.size, 9, 0.5, 1.5), out.shape);
