@@ -63,8 +63,20 @@ export interface RandomParams {
   offset: number;
 }
 
+/** Per-dispatch device times (GPU timestamp queries), for traces. */
+export interface DeviceTiming {
+  /** Starts timing every dispatch (each gets its own timestamped pass: slower). */
+  start(): void;
+  /** Ids of the dispatches timed since the last call. */
+  take(): number[];
+  /** Stops timing; resolves to microseconds per dispatch id. */
+  stop(): Promise<Float64Array>;
+}
+
 export interface Backend {
   readonly name: BackendName;
+  /** Present where the device can time its own work. */
+  readonly deviceTiming?: DeviceTiming;
 
   alloc(size: number, dtype: DType): Storage;
   free(s: Storage): void;

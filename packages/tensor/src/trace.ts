@@ -1,9 +1,11 @@
 /**
  * Op trace: op, input/output shapes, backend, kernel, duration. On the webgpu backend the duration is the
- * host time to validate and record the dispatch (the GPU runs it later, batched); call `sync()` inside the
- * traced region to account device time.
+ * host time to validate and record the dispatch (the GPU runs it later, batched); a trace started with
+ * `{ deviceTiming: true }` and ended with `stopTraceTimed()` also has each op's device time, from GPU
+ * timestamp queries around every dispatch.
  */
 import { writeFileSync } from 'node:fs';
+import { initializedBackends } from './runtime.js';
 
 export interface TraceEvent {
   op: string;
@@ -13,7 +15,12 @@ export interface TraceEvent {
   outputs: number[][];
   /** Microseconds since the trace started. */
   start: number;
+  /** Host microseconds. */
   duration: number;
+  /** Device microseconds summed over the op's dispatches (device-timed traces only). */
+  device?: number;
+  /** Ids of the op's timed dispatches, until stopTraceTimed() turns them into `device`. */
+  dispatches?: number[];
 }
 
 let events: TraceEvent[] | null = null;
@@ -21,13 +28,31 @@ let origin = 0;
 
 export function tracing(): boolean { return events !== null; }
 
-export function startTrace(): void { events = []; origin = performance.now(); }
+export function startTrace(opts: { deviceTiming?: boolean } = {}): void {
+  events = []; origin = performance.now();
+  if (opts.deviceTiming) for (const b of initializedBackends()) b.deviceTiming?.start();
+}
 export function stopTrace(): TraceEvent[] { const e = events ?? []; events = null; return e; }
 
-export function recordEvent(op: string, backend: string, kernel: string, inputs: number[][], outputs: number[][], t0: number): void {
+/** Stops the trace and fills each event's device time (for a trace started with deviceTiming). */
+export async function stopTraceTimed(): Promise<TraceEvent[]> {
+  const evts = stopTrace();
+  const times = new Map<string, Float64Array>();
+  for (const b of initializedBackends()) if (b.deviceTiming) times.set(b.name, await b.deviceTiming.stop());
+  for (const e of evts) {
+    const t = times.get(e.backend);
+    if (t && e.dispatches) e.device = e.dispatches.reduce((a, id) => a + (t[id] ?? 0), 0);
+    delete e.dispatches;
+  }
+  return evts;
+}
+
+export function recordEvent(op: string, backend: string, kernel: string, inputs: number[][], outputs: number[][], t0: number, dispatches?: number[]): void {
   if (!events) return;
   const now = performance.now();
-  events.push({ op, backend, kernel, inputs, outputs, start: (t0 - origin) * 1000, duration: (now - t0) * 1000 });
+  const e: TraceEvent = { op, backend, kernel, inputs, outputs, start: (t0 - origin) * 1000, duration: (now - t0) * 1000 };
+  if (dispatches?.length) e.dispatches = dispatches;
+  events.push(e);
 }
 
 export const now = (): number => performance.now();
@@ -51,7 +76,7 @@ export function traceToChrome(evts: readonly TraceEvent[]): { traceEvents: objec
   return {
     traceEvents: evts.map((e) => ({
       name: e.op, cat: e.backend, ph: 'X', ts: e.start, dur: e.duration, pid: 1, tid: e.backend === 'webgpu' ? 2 : 1,
-      args: { kernel: e.kernel, inputs: e.inputs.map((s) => `[${s}]`).join(' '), outputs: e.outputs.map((s) => `[${s}]`).join(' ') },
+      args: { kernel: e.kernel, inputs: e.inputs.map((s) => `[${s}]`).join(' '), outputs: e.outputs.map((s) => `[${s}]`).join(' '), ...(e.device !== undefined ? { device_us: e.device } : {}) },
     })),
   };
 }

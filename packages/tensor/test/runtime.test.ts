@@ -42,6 +42,29 @@ t.test('trace records op, shapes, backend, kernel and duration; exports Chrome J
   }
 });
 
+t.test('a device-timed trace gives each webgpu op its GPU time; a 4x larger matmul takes longer', async (t) => {
+  const gpu = backends.find((b) => b.name === 'webgpu');
+  if (!gpu?.deviceTiming) { t.skip('no webgpu backend with timestamp queries'); return; }
+  const small = L.randn([128, 128], { seed: 1, backend: gpu });
+  const big = L.randn([512, 512], { seed: 2, backend: gpu });
+  await small.matmul(small).add(big.matmul(big).sum()).data(); // compile the pipelines first
+  L.startTrace({ deviceTiming: true });
+  const y = small.matmul(small);
+  const z = big.matmul(big);
+  await Promise.all([y.data(), z.data()]);
+  const cpuSide = L.ones([2], { backend: 'cpu' }).add(1);
+  const events = await L.stopTraceTimed();
+  const [ms, mb] = events.filter((e) => e.op === 'matmul');
+  t.ok(ms.device! > 0 && mb.device! > 0, `device times ${ms.device} us and ${mb.device} us`);
+  t.ok(mb.device! > 4 * ms.device!, `512^3 matmul (${mb.device!.toFixed(0)} us) takes over 4x the 128^3 one (${ms.device!.toFixed(0)} us): 64x the work`);
+  t.equal(events.find((e) => e.backend === 'cpu')?.device, undefined, 'cpu ops have no device time');
+  t.equal(events.filter((e) => 'dispatches' in e).length, 0, 'no raw dispatch ids left on the events');
+  void cpuSide;
+  const after = L.trace(() => small.add(1));
+  await after.result.data();
+  t.equal(after.events[0].device, undefined, 'timing stops with the timed trace');
+});
+
 t.test('LATENTDEM_TRACE=1 writes a trace file on exit', async (t) => {
   const { spawnSync } = await import('node:child_process');
   const dir = mkdtempSync(join(tmpdir(), 'ldtrace-'));

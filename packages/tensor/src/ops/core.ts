@@ -51,7 +51,7 @@ export function launch(op: string, backend: Backend, inputs: readonly Tensor[], 
   if (!tracing()) { fn(); return; }
   const t0 = now();
   fn();
-  recordEvent(op, backend.name, backend.lastKernel, inputs.map((t) => [...t.shape]), outputs.map((t) => [...t.shape]), t0);
+  recordEvent(op, backend.name, backend.lastKernel, inputs.map((t) => [...t.shape]), outputs.map((t) => [...t.shape]), t0, backend.deviceTiming?.take());
 }
 
 /** Numbers become scalar tensors on `like`'s backend and dtype. */

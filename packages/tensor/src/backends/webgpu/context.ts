@@ -51,6 +51,8 @@ export class GpuContext {
   private pendingReads: Array<() => void> = [];
   private readScheduled = false;
   lastKernel = '';
+  /** Per-dispatch GPU timestamps, while a device-timed trace runs (see startTiming). */
+  private timing: DispatchTiming | null = null;
   /** The first device error seen; once set, results can no longer be trusted. */
   deviceError: string | null = null;
   /** Bytes held by live storages (not counting the pool). */
@@ -174,10 +176,23 @@ export class GpuContext {
     if (y > maxDim || z > maxDim) throw new DeviceLimitError(spec.kernel, `grid ${x}x${y}x${z} exceeds ${maxDim} workgroups per dimension`);
     if (x * y * z === 0) { if (paramsBuf) this.release(paramsBuf); return; }
     if (!this.encoder) this.encoder = this.device.createCommandEncoder();
-    if (!this.pass) this.pass = this.encoder.beginComputePass();
-    this.pass.setPipeline(pipeline);
-    this.pass.setBindGroup(0, bindGroup);
-    this.pass.dispatchWorkgroups(x, y, z);
+    if (this.timing) {
+      // Timed: one pass per dispatch, bracketed by timestamps.
+      if (this.pass) { this.pass.end(); this.pass = null; }
+      const slot = this.timing.used++;
+      const pass = this.encoder.beginComputePass({ timestampWrites: { querySet: this.timing.querySet, beginningOfPassWriteIndex: 2 * slot, endOfPassWriteIndex: 2 * slot + 1 } });
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, bindGroup);
+      pass.dispatchWorkgroups(x, y, z);
+      pass.end();
+      this.timing.current.push(this.timing.firstId + slot);
+      if (this.timing.used === DispatchTiming.SLOTS) this.resolveTiming();
+    } else {
+      if (!this.pass) this.pass = this.encoder.beginComputePass();
+      this.pass.setPipeline(pipeline);
+      this.pass.setBindGroup(0, bindGroup);
+      this.pass.dispatchWorkgroups(x, y, z);
+    }
     if (paramsBuf) this.release(paramsBuf);
     this.lastKernel = spec.kernel;
     if (++this.dispatchesInEncoder >= GpuContext.MAX_DISPATCHES_PER_SUBMIT) this.flush();
@@ -234,9 +249,80 @@ export class GpuContext {
     });
   }
 
+  // ---- device timing ----
+  get canTime(): boolean { return this.device.features.has('timestamp-query'); }
+
+  /** Starts giving every dispatch its own timestamped pass (slower; for traces). */
+  startTiming(): void {
+    if (!this.canTime) throw new BackendUnavailableError('webgpu', 'this adapter has no timestamp-query feature, so device times cannot be measured');
+    if (this.timing) return;
+    this.flush();
+    this.timing = new DispatchTiming(this.device);
+  }
+
+  /** Ids of the timed dispatches since the last call (one launch's dispatches). */
+  takeTimedDispatches(): number[] {
+    if (!this.timing) return [];
+    const ids = this.timing.current;
+    this.timing.current = [];
+    return ids;
+  }
+
+  /** Copies the filled timestamp slots out and starts a new block of slots. */
+  private resolveTiming(): void {
+    const t = this.timing!;
+    if (t.used === 0) return;
+    if (this.pass) { this.pass.end(); this.pass = null; }
+    this.encoder ??= this.device.createCommandEncoder();
+    const bytes = t.used * 16;
+    const resolved = this.device.createBuffer({ size: bytes, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+    const staging = this.device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    this.encoder.resolveQuerySet(t.querySet, 0, 2 * t.used, resolved, 0);
+    this.encoder.copyBufferToBuffer(resolved, 0, staging, 0, bytes);
+    this.flush();
+    const first = t.firstId;
+    t.blocks.push(staging.mapAsync(GPUMapMode.READ).then(() => {
+      const ns = new BigUint64Array(staging.getMappedRange().slice(0));
+      staging.unmap(); staging.destroy(); resolved.destroy();
+      return { first, ns };
+    }));
+    t.firstId += t.used;
+    t.used = 0;
+    // A fresh query set: the resolved one may still be read by the submitted copy.
+    t.querySet = this.device.createQuerySet({ type: 'timestamp', count: 2 * DispatchTiming.SLOTS });
+  }
+
+  /** Stops timing; resolves to each timed dispatch's device time in microseconds, indexed by its id. */
+  async stopTiming(): Promise<Float64Array> {
+    const t = this.timing;
+    if (!t) return new Float64Array(0);
+    this.resolveTiming();
+    this.timing = null;
+    const out = new Float64Array(t.firstId);
+    for (const { first, ns } of await Promise.all(t.blocks)) {
+      for (let i = 0; i < ns.length / 2; i++) out[first + i] = ns[2 * i + 1] >= ns[2 * i] ? Number(ns[2 * i + 1] - ns[2 * i]) / 1000 : 0;
+    }
+    t.querySet.destroy();
+    return out;
+  }
+
   async sync(): Promise<void> {
     this.flush();
     await this.device.queue.onSubmittedWorkDone();
     this.checkHealthy('sync');
+  }
+}
+
+/** Timestamp slots for timed dispatches: one begin/end pair per dispatch, resolved block by block. */
+class DispatchTiming {
+  static readonly SLOTS = 2048;
+  querySet: GPUQuerySet;
+  used = 0;
+  /** Id of slot 0 of the current block. */
+  firstId = 0;
+  current: number[] = [];
+  blocks: Promise<{ first: number; ns: BigUint64Array }>[] = [];
+  constructor(device: GPUDevice) {
+    this.querySet = device.createQuerySet({ type: 'timestamp', count: 2 * DispatchTiming.SLOTS });
   }
 }

@@ -1,5 +1,5 @@
 /** The WebGPU backend: WGSL compute shaders through Dawn. Kernel families live one per file. */
-import type { Backend, Conv2dParams, RandomParams, ReduceOp, Storage, UnaryArgs, UnaryOp, BinaryOp, View } from '../../backend.js';
+import type { Backend, DeviceTiming, Conv2dParams, RandomParams, ReduceOp, Storage, UnaryArgs, UnaryOp, BinaryOp, View } from '../../backend.js';
 import { contiguousStrides as contiguous, isContiguous, numelOf } from '../../backend.js';
 import type { DType, TypedArray } from '../../dtype.js';
 import { BackendMismatchError } from '../../errors.js';
@@ -25,6 +25,10 @@ export class WebGpuBackend implements Backend {
   static async create(): Promise<WebGpuBackend> { return new WebGpuBackend(await GpuContext.create()); }
 
   get lastKernel(): string { return this.ctx.lastKernel; }
+  get deviceTiming(): DeviceTiming | undefined {
+    const ctx = this.ctx;
+    return ctx.canTime ? { start: () => ctx.startTiming(), take: () => ctx.takeTimedDispatches(), stop: () => ctx.stopTiming() } : undefined;
+  }
 
   alloc(size: number, dtype: DType): Storage { return this.ctx.alloc(size, dtype); }
   free(s: Storage): void { this.ctx.free(gs(s, 'free')); }
