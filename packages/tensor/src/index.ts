@@ -7,7 +7,7 @@ export * from './errors.js';
 export * from './ops/index.js';
 export { noGrad, isGradEnabled } from './autodiff.js';
 export { tidy, keep } from './memory.js';
-export { memory } from './stats.js';
+export { memory, resetPeakMemory } from './stats.js';
 export type { MemoryStats } from './stats.js';
 export { ready, setBackend, initBackend, getBackend, defaultBackend } from './runtime.js';
 export { trace, startTrace, stopTrace, stopTraceTimed, traceToChrome } from './trace.js';

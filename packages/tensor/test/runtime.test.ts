@@ -42,9 +42,9 @@ t.test('trace records op, shapes, backend, kernel and duration; exports Chrome J
   }
 });
 
-t.test('a device-timed trace gives each webgpu op its GPU time; a 4x larger matmul takes longer', async (t) => {
-  const gpu = backends.find((b) => b.name === 'webgpu');
-  if (!gpu?.deviceTiming) { t.skip('no webgpu backend with timestamp queries'); return; }
+const gpuBackend = backends.find((b) => b.name === 'webgpu');
+t.test('a device-timed trace gives each webgpu op its GPU time; a 4x larger matmul takes longer', { skip: gpuBackend?.deviceTiming ? false : 'no webgpu backend with timestamp queries' }, async (t) => {
+  const gpu = gpuBackend!;
   const small = L.randn([128, 128], { seed: 1, backend: gpu });
   const big = L.randn([512, 512], { seed: 2, backend: gpu });
   await small.matmul(small).add(big.matmul(big).sum()).data(); // compile the pipelines first
@@ -63,6 +63,21 @@ t.test('a device-timed trace gives each webgpu op its GPU time; a 4x larger matm
   const after = L.trace(() => small.add(1));
   await after.result.data();
   t.equal(after.events[0].device, undefined, 'timing stops with the timed trace');
+});
+
+t.test('memory().gpu.peakBufferBytes keeps the most device memory held at once until resetPeakMemory()', { skip: gpuBackend ? false : 'no webgpu backend' }, async (t) => {
+  const gpu = gpuBackend!;
+  L.resetPeakMemory();
+  const base = L.memory().gpu!.peakBufferBytes;
+  const big = L.zeros([4 << 20], { backend: gpu }); // 16 MiB
+  await big.data();
+  big.dispose();
+  await gpu.sync();
+  const peak = L.memory().gpu!.peakBufferBytes;
+  t.ok(peak - base >= 16 << 20, `peak rose by ${peak - base} bytes for a 16 MiB tensor`);
+  t.ok(L.memory().gpu!.liveBufferBytes < peak, 'live bytes fell back below the peak after dispose');
+  L.resetPeakMemory();
+  t.ok(L.memory().gpu!.peakBufferBytes <= peak, 'reset starts from what is held now');
 });
 
 t.test('LATENTDEM_TRACE=1 writes a trace file on exit', async (t) => {

@@ -58,6 +58,11 @@ export class GpuContext {
   /** Bytes held by live storages (not counting the pool). */
   liveBytes = 0;
   pooledBytes = 0;
+  /** Freed buffers waiting for the next submit before they rejoin the pool. */
+  private pendingBytes = 0;
+  /** Most device-buffer bytes held at once (live, pooled, or freed and waiting for a submit) since resetPeak(). */
+  peakBytes = 0;
+  get heldBytes(): number { return this.liveBytes + this.pooledBytes + this.pendingBytes; }
   /** Dispatches recorded before an automatic submit (keeps encoders from growing without bound). */
   static MAX_DISPATCHES_PER_SUBMIT = 512;
 
@@ -111,12 +116,13 @@ export class GpuContext {
     return this.device.createBuffer({ size, usage: STORAGE_USAGE });
   }
 
-  release(buf: GPUBuffer): void { this.pendingFree.push(buf); }
+  release(buf: GPUBuffer): void { this.pendingFree.push(buf); this.pendingBytes += buf.size; }
 
   alloc(size: number, dtype: DType): GpuStorage {
     const bytes = Math.max(4, size * 4);
     const buf = this.acquire(bytes);
     this.liveBytes += buf.size;
+    this.peakBytes = Math.max(this.peakBytes, this.heldBytes);
     return new GpuStorage(dtype, size, buf, buf.size);
   }
 
@@ -219,6 +225,7 @@ export class GpuContext {
       this.pooledBytes += b.size;
     }
     this.pendingFree = [];
+    this.pendingBytes = 0;
   }
 
   /**
