@@ -3,7 +3,7 @@
  * follow the same distributions as PyTorch but not its random stream: the same seed does not give
  * PyTorch's numbers (Philox here, PyTorch's own CPU generator there).
  */
-import { Generator, keep, noGrad, rand, randn, tidy } from '@latentdem/tensor';
+import { Generator, keep, noGrad, rand, randn, tidy, zeros } from '@latentdem/tensor';
 import type { Backend, BackendName, Tensor } from '@latentdem/tensor';
 
 /** Where a layer's initial values come from. Without a generator, the process-wide default one is used. */
@@ -33,14 +33,27 @@ export function calculateGain(nonlinearity: Nonlinearity, param?: number): numbe
   }
 }
 
+let skipping = false;
+/**
+ * Runs `fn` (typically `new Model(config)`) with initializations allocating zeros instead of drawing random
+ * numbers: for modules whose weights are loaded right after. SD's UNet draws 860M numbers otherwise.
+ */
+export function withoutInit<T>(fn: () => T): T {
+  const prev = skipping;
+  skipping = true;
+  try { return fn(); } finally { skipping = prev; }
+}
+
 /** U(lo, hi) of `shape` (float32), owned by the caller. */
 export function uniform(shape: readonly number[], lo: number, hi: number, o: InitOptions = {}): Tensor {
+  if (skipping) return zeros(shape, { backend: o.backend });
   const generator = o.generator ?? defaultGen;
   return keep(noGrad(() => tidy(() => rand(shape, { generator, backend: o.backend }).mul(hi - lo).add(lo))));
 }
 
 /** N(mean, std^2) of `shape`. */
 export function normal(shape: readonly number[], mean = 0, std = 1, o: InitOptions = {}): Tensor {
+  if (skipping) return zeros(shape, { backend: o.backend });
   const generator = o.generator ?? defaultGen;
   if (mean === 0 && std === 1) return keep(randn(shape, { generator, backend: o.backend }));
   return keep(noGrad(() => tidy(() => randn(shape, { generator, backend: o.backend }).mul(std).add(mean))));

@@ -223,3 +223,51 @@ t.test('default inits: PyTorch distributions (kaiming_uniform a=sqrt(5), fan-in 
   t.same(w1, w2, 'same seed, same weights');
   t.notSame(w1, w3, 'other seed, other weights');
 });
+
+t.test('withoutInit builds zero weights without drawing; the default generator is left where it was', async (t) => {
+  const { withoutInit, defaultGenerator, manualSeed } = await import('../src/init.js');
+  manualSeed(5);
+  const before = defaultGenerator().offset;
+  const lin = withoutInit(() => new Linear(4, 3));
+  t.same([...await lin.weight.data()], new Array(12).fill(0), 'weight zeros');
+  t.same([...await lin.bias!.data()], [0, 0, 0], 'bias zeros');
+  t.equal(defaultGenerator().offset, before, 'nothing drawn');
+  const drawn = new Linear(4, 3);
+  t.ok((await drawn.weight.data()).some((v) => v !== 0), 'outside it, layers draw again');
+});
+
+t.test('loadWeights: a file under a prefix loads tensor by tensor; keys and shapes are checked before anything is read', async (t) => {
+  const { loadWeights, saveSafetensors } = await import('../src/index.js');
+  const { mkdtempSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = mkdtempSync(join(tmpdir(), 'ld-loadweights-'));
+  const src = new Net(1);
+  const file = join(dir, 'full.safetensors');
+  const entries = new Map<string, Tensor>([['other_model.x', L.ones([2])]]);
+  for (const [k, v] of src.stateDict()) entries.set(`net.${k}`, v);
+  await saveSafetensors(file, entries);
+  for (const b of backends) {
+    const dst = new Net(2, b);
+    const r = await loadWeights(dst, file, { prefix: 'net.' });
+    t.same(r, { missing: [], unexpected: [] }, `${b.name}: keys outside the prefix are ignored`);
+    for (const [k, v] of src.stateDict()) {
+      const got = await dst.stateDict().get(k)!.data();
+      t.same([...got], [...await v.data()], `${b.name}: ${k}`);
+    }
+  }
+  // mis-shaped and missing keys: one error, nothing loaded
+  const wrong = new Map<string, Tensor>([...src.stateDict()].map(([k, v]) => [`net.${k}`, k === 'head.weight' ? L.zeros([5, 5]) : v]));
+  wrong.delete('net.head.bias');
+  const wrongFile = join(dir, 'wrong.safetensors');
+  await saveSafetensors(wrongFile, wrong);
+  const dst = new Net(3);
+  const before = [...await dst.body.stateDict().get('0.weight')!.data()];
+  const err = await loadWeights(dst, wrongFile, { prefix: 'net.' }).catch((e: unknown) => e);
+  t.ok(err instanceof StateDictError, 'StateDictError');
+  t.match((err as Error).message, /net\.head\.bias/, 'names the missing key with its prefix');
+  t.match((err as Error).message, /net\.head\.weight: checkpoint \[5,5\]/, 'names the mis-shaped key and both shapes');
+  t.same([...await dst.body.stateDict().get('0.weight')!.data()], before, 'nothing was loaded');
+  const loose = await loadWeights(new Net(4), join(dir, 'full.safetensors'), { prefix: 'nope.', strict: false });
+  t.ok(loose.missing.includes('nope.head.weight'), 'strict: false returns the missing keys');
+});
