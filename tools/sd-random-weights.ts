@@ -10,13 +10,13 @@
 import { existsSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import * as L from '@latentdem/tensor';
-import { COMPVIS_PREFIX, saveSafetensors } from '@latentdem/nn';
+import { COMPVIS_PREFIX, saveSafetensors, withoutInit } from '@latentdem/nn';
 import type { Module } from '@latentdem/nn';
 import { AutoencoderKL, SD15_UNET_CONFIG, SD15_VAE_CONFIG, UNet } from '@latentdem/diffusion';
 
 const MODELS = {
-  unet: { prefix: COMPVIS_PREFIX.unet, build: () => new UNet(SD15_UNET_CONFIG, { backend: 'cpu' }) },
-  vae: { prefix: COMPVIS_PREFIX.vae, build: () => new AutoencoderKL(SD15_VAE_CONFIG, { backend: 'cpu' }) },
+  unet: { prefix: COMPVIS_PREFIX.unet, build: () => withoutInit(() => new UNet(SD15_UNET_CONFIG, { backend: 'cpu' })) },
+  vae: { prefix: COMPVIS_PREFIX.vae, build: () => withoutInit(() => new AutoencoderKL(SD15_VAE_CONFIG, { backend: 'cpu' })) },
 } as const;
 export type SdPart = keyof typeof MODELS;
 
