@@ -1,5 +1,5 @@
 /** Loading a module's weights straight from a safetensors file, one tensor at a time. */
-import { noGrad } from '@latentdem/tensor';
+import { noGrad, tensor, writeData } from '@latentdem/tensor';
 import { StateDictError } from './errors.js';
 import type { LoadResult, Module } from './module.js';
 import { SafetensorsFile } from './safetensors.js';
@@ -47,12 +47,10 @@ export async function loadWeights(module: Module, source: string | SafetensorsFi
     }
     for (const [name, key] of plan) {
       const dst = own.get(name)!;
-      const v = await file.read(key, { backend: dst.backend });
-      try {
-        noGrad(() => dst.assign(v));
-      } finally {
-        v.dispose();
-      }
+      const values = await file.readHost(key);
+      // Straight into the parameter's storage: no device temporary per tensor.
+      if (dst.isContiguous && dst.offset === 0 && dst.storage.size === dst.size) writeData(dst, values);
+      else noGrad(() => { const v = tensor(values, { shape: dst.shape, backend: dst.backend }); dst.assign(v); v.dispose(); });
     }
     return { missing, unexpected };
   } finally {

@@ -361,6 +361,23 @@ export class SafetensorsFile {
     }
   }
 
+  /** One tensor's values as a host array (Float32Array for F32/F16/BF16, Int32Array for I32/I64), not a Tensor. */
+  async readHost(key: string): Promise<Float32Array | Int32Array> {
+    const e = this.entries.get(key);
+    if (!e) throw new SafetensorsError(this.path, `no such tensor (the file has ${this.entries.size})`, { key });
+    const src = this.src;
+    if (!src) throw new SafetensorsError(this.path, 'file is closed', { key });
+    const n = e.shape.includes(0) ? 0 : e.shape.reduce((a, b) => a * b, 1);
+    const dst = e.dtype === 'I32' || e.dtype === 'I64' ? new Int32Array(n) : new Float32Array(n);
+    try {
+      await this.fill(src, key, e, dst);
+    } catch (err) {
+      if (err instanceof LatentdemError) throw err;
+      throw new SafetensorsError(this.path, `cannot read ${e.dtype} [${e.shape.join(',')}] (${(err as Error).message})`, { key, cause: err });
+    }
+    return dst;
+  }
+
   private async fill(src: ByteSource, key: string, e: SafetensorsEntry, dst: TypedArray): Promise<void> {
     const start = this.dataStart + e.dataOffsets[0];
     const n = dst.length;

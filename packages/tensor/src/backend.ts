@@ -82,6 +82,8 @@ export interface Backend {
   free(s: Storage): void;
   /** A new storage holding a copy of `data`. */
   upload(data: TypedArray): Storage;
+  /** Overwrites the first data.length elements of `dst` with host data, after all work enqueued so far. */
+  write(dst: Storage, data: TypedArray): void;
   /** The view's elements, row-major, as a new typed array. */
   read(v: View): Promise<TypedArray>;
   /** Wait until all enqueued work is done. */

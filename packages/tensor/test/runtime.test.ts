@@ -80,6 +80,19 @@ t.test('memory().gpu.peakBufferBytes keeps the most device memory held at once u
   t.ok(L.memory().gpu!.peakBufferBytes <= peak, 'reset starts from what is held now');
 });
 
+t.test('writeData overwrites a tensor in place after earlier work, and refuses views and wrong lengths', async (t) => {
+  for (const b of backends) {
+    const x = L.tensor([1, 2, 3, 4], { backend: b });
+    const before = x.mul(10);                       // enqueued before the write: must see the old values
+    L.writeData(x, Float32Array.from([5, 6, 7, 8]));
+    t.same([...await before.data()], [10, 20, 30, 40], `${b.name}: earlier work read the old data`);
+    t.same([...await x.data()], [5, 6, 7, 8], `${b.name}: the tensor holds the new data`);
+    t.throws(() => L.writeData(x, new Float32Array(3)), /writeData.*3 values/, `${b.name}: wrong length`);
+    t.throws(() => L.writeData(x, new Int32Array(4)), /Float32Array/, `${b.name}: wrong element type`);
+    t.throws(() => L.writeData(x.narrow(0, 1, 2), new Float32Array(2)), /whole storage/, `${b.name}: a view`);
+  }
+});
+
 t.test('LATENTDEM_TRACE=1 writes a trace file on exit', async (t) => {
   const { spawnSync } = await import('node:child_process');
   const dir = mkdtempSync(join(tmpdir(), 'ldtrace-'));

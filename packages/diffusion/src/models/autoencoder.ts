@@ -8,9 +8,10 @@
  * Images are [N, in_channels, H, W] in [-1, 1] (SD's convention), with H and W multiples of
  * `downsampleFactor` = 2^(len(ch_mult) - 1) (8 for SD). `encode`/`decode` are the original's and apply no
  * latent scale; `encodeLatent`/`decodeLatent` are the diffusion-space ones (times / over SD_LATENT_SCALE).
- * Forward passes never tidy (autodiff needs their intermediates): callers wrap them in `tidy`/`noGrad`.
+ * Under noGrad each block frees its intermediates as it goes (tidyUnlessRecording); with gradient recording on
+ * they stay for the tape and the caller's tidy frees them.
  */
-import { ShapeError, fmtShape, pad, randn, scaledDotProductAttention, upsample } from '@latentdem/tensor';
+import { ShapeError, fmtShape, pad, randn, scaledDotProductAttention, tidyUnlessRecording, upsample } from '@latentdem/tensor';
 import type { Backend, BackendName, Generator, Tensor } from '@latentdem/tensor';
 import { Conv2d, Dropout, GroupNorm, Module, ModuleList } from '@latentdem/nn';
 import { SD_LATENT_SCALE } from '../schedule.js';
@@ -113,9 +114,11 @@ export class ResnetBlock extends Module {
     this.nin_shortcut = inChannels !== outChannels ? this.registerModule('nin_shortcut', conv(inChannels, outChannels, 1, o)) : null;
   }
   forward(x: Tensor): Tensor {
-    let h = this.conv1.forward(normAct(this.norm1, x));
-    h = this.conv2.forward(this.dropout.forward(normAct(this.norm2, h)));
-    return (this.nin_shortcut ? this.nin_shortcut.forward(x) : x).add(h);
+    return tidyUnlessRecording(() => {
+      let h = this.conv1.forward(normAct(this.norm1, x));
+      h = this.conv2.forward(this.dropout.forward(normAct(this.norm2, h)));
+      return (this.nin_shortcut ? this.nin_shortcut.forward(x) : x).add(h);
+    });
   }
 }
 
@@ -131,12 +134,14 @@ export class AttnBlock extends Module {
     this.proj_out = this.registerModule('proj_out', conv(channels, channels, 1, o));
   }
   forward(x: Tensor): Tensor {
-    const [b, c, hh, ww] = x.shape;
-    const h = this.norm.forward(x);
-    const seq = (t: Tensor): Tensor => t.reshape([b, c, hh * ww]).permute([0, 2, 1]);   // [b, hw, c]
-    // model.py:191: scores scaled by int(c)**(-0.5), softmax over the keys.
-    const a = scaledDotProductAttention(seq(this.q.forward(h)), seq(this.k.forward(h)), seq(this.v.forward(h)), { scale: c ** -0.5 });
-    return x.add(this.proj_out.forward(a.permute([0, 2, 1]).reshape([b, c, hh, ww])));
+    return tidyUnlessRecording(() => {
+      const [b, c, hh, ww] = x.shape;
+      const h = this.norm.forward(x);
+      const seq = (t: Tensor): Tensor => t.reshape([b, c, hh * ww]).permute([0, 2, 1]);   // [b, hw, c]
+      // model.py:191: scores scaled by int(c)**(-0.5), softmax over the keys.
+      const a = scaledDotProductAttention(seq(this.q.forward(h)), seq(this.k.forward(h)), seq(this.v.forward(h)), { scale: c ** -0.5 });
+      return x.add(this.proj_out.forward(a.permute([0, 2, 1]).reshape([b, c, hh, ww])));
+    });
   }
 }
 
@@ -166,12 +171,14 @@ class Level extends Module {
   readonly attn = this.registerModule('attn', new ModuleList<AttnBlock>());
   resample: Downsample | Upsample | null = null;
   forward(x: Tensor): Tensor {
-    let h = x;
-    for (let j = 0; j < this.block.length; j++) {
-      h = this.block.at(j).forward(h);
-      if (this.attn.length > 0) h = this.attn.at(j).forward(h);
-    }
-    return this.resample ? this.resample.forward(h) : h;
+    return tidyUnlessRecording(() => {
+      let h = x;
+      for (let j = 0; j < this.block.length; j++) {
+        h = this.block.at(j).forward(h);
+        if (this.attn.length > 0) h = this.attn.at(j).forward(h);
+      }
+      return this.resample ? this.resample.forward(h) : h;
+    });
   }
 }
 

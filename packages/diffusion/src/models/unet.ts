@@ -4,9 +4,10 @@
  * at commit 21f890f9). Modules and parameters carry the original names, so the UNet of a full SD checkpoint
  * loads with `loadWeights(unet, file, { prefix: 'model.diffusion_model.' })`.
  *
- * Forward passes use no tidy (autodiff needs the intermediates): callers tidy around them.
+ * Under noGrad each block frees its intermediates as it goes (tidyUnlessRecording); with gradient recording on
+ * they stay for the tape and the caller's tidy frees them.
  */
-import { ShapeError, avgPool2d, concat, cos, fmtShape, sin, tensor, upsample, scaledDotProductAttention } from '@latentdem/tensor';
+import { ShapeError, avgPool2d, concat, cos, fmtShape, sin, tensor, upsample, scaledDotProductAttention, tidyUnlessRecording } from '@latentdem/tensor';
 import type { Backend, BackendName, Generator, Tensor } from '@latentdem/tensor';
 import { Conv2d, Dropout, GroupNorm, Identity, LayerNorm, Linear, Module, ModuleList, Sequential, SiLU } from '@latentdem/nn';
 import type { TensorModule } from '@latentdem/nn';
@@ -187,9 +188,11 @@ export class ResBlock extends Module {
     this.skip_connection = this.registerModule('skip_connection', outChannels === channels ? new Identity() : new Conv2d(channels, outChannels, 1, o));
   }
   forward(x: Tensor, emb: Tensor): Tensor {
-    const h = this.in_layers.forward(x);
-    const e = this.emb_layers.forward(emb);
-    return this.skip_connection.forward(x).add(this.out_layers.forward(h.add(e.reshape([e.shape[0], e.shape[1], 1, 1]))));
+    return tidyUnlessRecording(() => {
+      const h = this.in_layers.forward(x);
+      const e = this.emb_layers.forward(emb);
+      return this.skip_connection.forward(x).add(this.out_layers.forward(h.add(e.reshape([e.shape[0], e.shape[1], 1, 1]))));
+    });
   }
 }
 
@@ -312,24 +315,28 @@ export class SpatialTransformer extends Module {
     this.proj_out = this.registerModule('proj_out', new Conv2d(inner, inChannels, 1, o));
   }
   forward(x: Tensor, context?: Tensor): Tensor {
-    const [b, , h, w] = x.shape;
-    const y = this.proj_in.forward(this.norm.forward(x));
-    const c = y.shape[1];
-    let tokens = y.reshape([b, c, h * w]).transpose(1, 2);
-    for (const block of this.transformer_blocks) tokens = block.forward(tokens, context);
-    return this.proj_out.forward(tokens.transpose(1, 2).reshape([b, c, h, w])).add(x);
+    return tidyUnlessRecording(() => {
+      const [b, , h, w] = x.shape;
+      const y = this.proj_in.forward(this.norm.forward(x));
+      const c = y.shape[1];
+      let tokens = y.reshape([b, c, h * w]).transpose(1, 2);
+      for (const block of this.transformer_blocks) tokens = block.forward(tokens, context);
+      return this.proj_out.forward(tokens.transpose(1, 2).reshape([b, c, h, w])).add(x);
+    });
   }
 }
 
 /** TimestepEmbedSequential (openaimodel.py:74-88): ResBlocks get the embedding, SpatialTransformers the context. */
 export class TimestepEmbedSequential extends ModuleList<Module> {
   forward(x: Tensor, emb: Tensor, context: Tensor): Tensor {
-    for (const m of this) {
-      if (m instanceof ResBlock) x = m.forward(x, emb);
-      else if (m instanceof SpatialTransformer) x = m.forward(x, context);
-      else x = (m as unknown as TensorModule).forward(x);
-    }
-    return x;
+    return tidyUnlessRecording(() => {
+      for (const m of this) {
+        if (m instanceof ResBlock) x = m.forward(x, emb);
+        else if (m instanceof SpatialTransformer) x = m.forward(x, context);
+        else x = (m as unknown as TensorModule).forward(x);
+      }
+      return x;
+    });
   }
 }
 

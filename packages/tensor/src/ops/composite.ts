@@ -10,3 +10,12 @@ export function composite<T extends Tensor | Tensor[]>(inputs: readonly (Tensor 
   if (isGradEnabled() && inputs.some((t) => t?.requiresGrad)) return fn();
   return tidy(fn);
 }
+
+/**
+ * Runs a model block's body in a tidy scope when no gradient is being recorded (inside noGrad), so inference
+ * frees each block's intermediates as it goes; with recording on it runs plainly, since the tape needs them.
+ * Models wrap their blocks' forward in it; run inference under noGrad to benefit.
+ */
+export function tidyUnlessRecording<T>(fn: () => T): T {
+  return isGradEnabled() ? fn() : tidy(fn);
+}

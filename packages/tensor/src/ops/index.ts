@@ -7,3 +7,4 @@ export * from './nn.js';
 export * from './fft.js';
 export * from './creation.js';
 export { grad, valueAndGrad } from './grad.js';
+export { tidyUnlessRecording } from './composite.js';

@@ -1,6 +1,6 @@
 /** Views (shared storage: reshape, permute, slice, expand, squeeze, flip) and copies between layouts. */
 import { contiguousStrides, isContiguous } from '../backend.js';
-import type { DType } from '../dtype.js';
+import type { DType, TypedArray } from '../dtype.js';
 import { AxisError, DTypeError, ShapeError, fmtShape } from '../errors.js';
 import { record } from '../autodiff.js';
 import { checkShape, normalizeAxes, normalizeAxis, numel, sameShape } from '../shape.js';
@@ -52,6 +52,18 @@ export function assign(dst: Tensor, src: Tensor): void {
     return;
   }
   launch('assign', b, [src], [dst], () => b.copy(src, dst));
+}
+
+/**
+ * Overwrites a whole contiguous tensor with host data (same length and element type), without a temporary
+ * device tensor: how checkpoint loaders fill parameters. Not recorded by autodiff.
+ */
+export function writeData(dst: Tensor, data: TypedArray): void {
+  const want = dst.dtype === 'int32' ? Int32Array : Float32Array;
+  if (!(data instanceof want)) throw new DTypeError('writeData', `${dst.dtype} tensor ${fmtShape(dst.shape)} needs a ${want.name}, got ${data.constructor.name}`);
+  if (data.length !== dst.size) throw new ShapeError('writeData', `${data.length} values for a tensor of ${dst.size} ${fmtShape(dst.shape)}`);
+  if (!dst.isContiguous || dst.offset !== 0 || dst.storage.size !== dst.size) throw new ShapeError('writeData', `the tensor ${fmtShape(dst.shape)} must own its whole storage contiguously (a view shares it): use assign`);
+  launch('writeData', dst.backend, [], [dst], () => dst.backend.write(dst.storage, data));
 }
 
 function inferShape(op: string, x: Tensor, shape: readonly number[]): number[] {

@@ -18,6 +18,7 @@ export class CpuBackend implements Backend {
 
   alloc(size: number, dtype: DType): Storage { return new CpuStorage(dtype, typedArrayFor(dtype, size)); }
   free(s: Storage): void { (s as CpuStorage).freed = true; }
+  write(dst: Storage, data: TypedArray): void { this.lastKernel = 'cpu.write'; cs(dst, 'write').data.set(data); }
   upload(data: TypedArray): Storage {
     return new CpuStorage(data instanceof Float32Array ? 'float32' : 'int32', data.slice());
   }

@@ -21,8 +21,9 @@ export class GpuStorage implements Storage {
 }
 
 const STORAGE_USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-/** Smallest pooled buffer; sizes round up to a power of two so buffers are reused across shapes. */
+/** Smallest pooled buffer; sizes round up to a power of two (finer above LARGE_BUCKET) so buffers are reused across shapes. */
 const MIN_BUCKET = 256;
+const LARGE_BUCKET = 1024 * 1024;
 
 export interface DispatchSpec {
   /** Cache key: identifies the specialized WGSL source. */
@@ -65,6 +66,8 @@ export class GpuContext {
   get heldBytes(): number { return this.liveBytes + this.pooledBytes + this.pendingBytes; }
   /** Dispatches recorded before an automatic submit (keeps encoders from growing without bound). */
   static MAX_DISPATCHES_PER_SUBMIT = 512;
+  /** Bytes of freed buffers waiting for a submit before one is forced (see release). */
+  static MAX_PENDING_FREE_BYTES = 256 * 1024 * 1024;
 
   private constructor(readonly device: GPUDevice, readonly adapterInfo: string) {
     this.limits = device.limits;
@@ -101,6 +104,9 @@ export class GpuContext {
   private bucket(bytes: number): number {
     let b = MIN_BUCKET;
     while (b < bytes) b *= 2;
+    // Above 1 MiB, sixteen sizes per octave: power-of-two rounding would waste up to half of a large buffer
+    // (SD's UNet weights took 3.9 GiB for 3.2 GiB of data).
+    if (b > LARGE_BUCKET) { const step = b / 16; return Math.ceil(bytes / step) * step; }
     return b;
   }
 
@@ -116,7 +122,13 @@ export class GpuContext {
     return this.device.createBuffer({ size, usage: STORAGE_USAGE });
   }
 
-  release(buf: GPUBuffer): void { this.pendingFree.push(buf); this.pendingBytes += buf.size; }
+  release(buf: GPUBuffer): void {
+    this.pendingFree.push(buf);
+    this.pendingBytes += buf.size;
+    // Freed buffers rejoin the pool only at a submit: without this, a long run of large temporaries between
+    // submits (a UNet block's convs, a checkpoint load) holds them all at once (8.5 GiB for one SD UNet step).
+    if (this.pendingBytes > GpuContext.MAX_PENDING_FREE_BYTES) this.flush();
+  }
 
   alloc(size: number, dtype: DType): GpuStorage {
     const bytes = Math.max(4, size * 4);

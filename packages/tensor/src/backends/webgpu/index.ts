@@ -37,6 +37,12 @@ export class WebGpuBackend implements Backend {
     if (data.length) this.ctx.writeBuffer(s.buffer, data);
     return s;
   }
+  write(dst: Storage, data: TypedArray): void {
+    // A queue write runs before the unsubmitted encoder: submit first so earlier work on dst sees the old data.
+    this.ctx.flush();
+    this.ctx.lastKernel = 'queue.writeBuffer';
+    if (data.length) this.ctx.writeBuffer(gs(dst, 'write').buffer, data);
+  }
   async read(v: View): Promise<TypedArray> {
     const n = numelOf(v.shape);
     const dtype = v.storage.dtype;
