@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as L from '../src/index.js';
-import { close, testBackends } from './helpers.js';
+import { close, gpuContext, testBackends } from './helpers.js';
 
 const backends = await testBackends();
 
@@ -90,6 +90,30 @@ t.test('writeData overwrites a tensor in place after earlier work, and refuses v
     t.throws(() => L.writeData(x, new Float32Array(3)), /writeData.*3 values/, `${b.name}: wrong length`);
     t.throws(() => L.writeData(x, new Int32Array(4)), /Float32Array/, `${b.name}: wrong element type`);
     t.throws(() => L.writeData(x.narrow(0, 1, 2), new Float32Array(2)), /whole storage/, `${b.name}: a view`);
+  }
+});
+
+t.test('backward frees each node\'s temporaries and the gradients it has consumed as it goes', { skip: gpuBackend ? false : 'no webgpu backend' }, async (t) => {
+  const { ctx } = await gpuContext();
+  const Ctx = ctx!.constructor as unknown as { MAX_PENDING_FREE_BYTES: number };
+  const pendingCap = Ctx.MAX_PENDING_FREE_BYTES;
+  Ctx.MAX_PENDING_FREE_BYTES = 2 << 20; // reuse freed buffers quickly, so the peak shows what is held
+  try {
+    const x = L.randn([256 * 1024], { seed: 3, backend: gpuBackend! }).requireGrad(); // 1 MiB
+    let y = x;
+    for (let i = 0; i < 40; i++) y = y.tanh().mul(1.01);   // the tape holds 80 MiB of activations
+    const loss = y.sum();
+    await loss.data();
+    await gpuBackend!.sync();
+    L.resetPeakMemory();
+    const base = L.memory().gpu!.peakBufferBytes;
+    loss.backward();
+    await x.grad!.data();
+    const rise = (L.memory().gpu!.peakBufferBytes - base) / (1 << 20);
+    // Holding every gradient and temporary to the end would add about 4 MiB per tanh-mul pair (160 MiB).
+    t.ok(rise < 24, `device memory rose by ${rise.toFixed(1)} MiB during backward (40 tanh-mul pairs of 1 MiB)`);
+  } finally {
+    Ctx.MAX_PENDING_FREE_BYTES = pendingCap;
   }
 });
 

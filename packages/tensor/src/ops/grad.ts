@@ -34,8 +34,15 @@ export function backward(roots: readonly Tensor[], seeds?: readonly Tensor[], ac
       if (outGrads.every((g) => g === null)) continue;
       for (const o of node.outputs) if (!wrt.includes(o)) grads.delete(o);
       for (const t of node.inputs) t.assertLive(`backward through ${node.name}`);
-      const inGrads = node.backward(outGrads);
-      node.inputs.forEach((t, k) => { const g = inGrads[k]; if (g && t.requiresGrad) push(t, g); });
+      // Each node's temporaries are freed as soon as its input gradients are in the map, and a consumed output
+      // gradient as soon as nothing holds it: a UNet's backward otherwise keeps every gradient until the end.
+      tidy(() => {
+        const inGrads = node.backward(outGrads);
+        node.inputs.forEach((t, k) => { const g = inGrads[k]; if (g && t.requiresGrad) push(t, g); });
+        return [...grads.values()];
+      });
+      const held = new Set(grads.values());
+      for (const g of outGrads) if (g && !held.has(g) && !roots.includes(g) && !seeds?.includes(g)) g.dispose();
     }
     if (accumulate) {
       for (const [t, g] of grads) {

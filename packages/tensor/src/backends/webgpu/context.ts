@@ -66,6 +66,8 @@ export class GpuContext {
   get heldBytes(): number { return this.liveBytes + this.pooledBytes + this.pendingBytes; }
   /** Dispatches recorded before an automatic submit (keeps encoders from growing without bound). */
   static MAX_DISPATCHES_PER_SUBMIT = 512;
+  /** Idle pooled bytes kept for reuse; above it the largest idle buffers are destroyed. */
+  static MAX_POOLED_BYTES = 1024 * 1024 * 1024;
   /** Bytes of freed buffers waiting for a submit before one is forced (see release). */
   static MAX_PENDING_FREE_BYTES = 256 * 1024 * 1024;
 
@@ -238,6 +240,21 @@ export class GpuContext {
     }
     this.pendingFree = [];
     this.pendingBytes = 0;
+    if (this.pooledBytes > GpuContext.MAX_POOLED_BYTES) this.shrinkPool();
+  }
+
+  /** Destroys pooled buffers, largest sizes first, until the pool is back under half its cap. */
+  private shrinkPool(): void {
+    const sizes = [...this.pool.keys()].sort((a, b) => b - a);
+    for (const size of sizes) {
+      const list = this.pool.get(size)!;
+      while (list.length && this.pooledBytes > GpuContext.MAX_POOLED_BYTES / 2) {
+        list.pop()!.destroy();
+        this.pooledBytes -= size;
+      }
+      if (!list.length) this.pool.delete(size);
+      if (this.pooledBytes <= GpuContext.MAX_POOLED_BYTES / 2) return;
+    }
   }
 
   /**
