@@ -3,3 +3,11 @@ export { UNet, SD15_UNET_CONFIG, checkUNetConfig, timestepEmbedding, ResBlock, D
 export type { UNetConfig, ResolvedUNetConfig, UNetForwardOptions, UNetInitOptions } from './unet.js';
 export { AutoencoderKL, Encoder, Decoder, DiagonalGaussian, SD15_VAE_CONFIG } from './autoencoder.js';
 export type { AutoencoderKLConfig, AutoencoderDDConfig, PosteriorSampleOptions, EncodeLatentOptions, ModelInitOptions } from './autoencoder.js';
+export { ClipVisionEncoder, ZERO123_CLIP_VISION_CONFIG, ZERO123_CLIP_VISION_PREFIX, CLIP_MEAN, CLIP_STD, checkClipVisionConfig, zero123ClipPreprocess, resizeBicubic, bicubicMatrix, MultiheadSelfAttention, ResidualAttentionBlock, ClipTransformer, ClipMlp } from './clip-vision.js';
+export type { ClipVisionConfig, ClipPreprocessOptions } from './clip-vision.js';
+export { Zero123, DiffusionWrapper, ZERO123_CONFIG, ZERO123_IMAGE_SIZE, ZERO123_GUIDANCE_SCALE, ZERO123_DDIM_ETA, ZERO123_UNET_PREFIX, ZERO123_CC_PROJECTION_PREFIX, poseVector, poseTensor, loadZero123Weights, conditionOnImage } from './zero123.js';
+export type { Zero123Config, Zero123Cond, RelativePose } from './zero123.js';
+export { ClipTokenizer, ClipTokenizerError, clipCleanText, htmlUnescape, CLIP_NUM_MERGES, CLIP_START_OF_TEXT, CLIP_END_OF_TEXT } from './clip-tokenizer.js';
+export type { ClipPadding, ClipTokenizeOptions } from './clip-tokenizer.js';
+export { ClipTextEncoder, ClipTextTransformer, ClipTextEmbeddings, ClipTextLayers, ClipTextEncoderLayer, ClipTextAttention, ClipTextMlp, SD15_CLIP_TEXT_CONFIG, SD_CLIP_TEXT_PREFIX, checkClipTextConfig, clipTextParameterCount, clearClipPromptCache } from './clip-text.js';
+export type { ClipTextConfig, ResolvedClipTextConfig, ClipTextInitOptions, EncodePromptOptions, HostIds } from './clip-text.js';
