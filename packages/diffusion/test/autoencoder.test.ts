@@ -215,3 +215,30 @@ t.test('errors: image channels and sizes (ShapeError), mis-sized weights (StateD
   t.throws(() => new AutoencoderKL({ ...fx.config, ddconfig: { ...dd, chmult: [1] } as never }), { name: 'ConfigError', message: /chmult/ });
   t.ok(new ConfigError('x', 'y', 'z') instanceof L.LatentdemError);
 });
+
+for (const b of backends) {
+  t.test(`${b.name}: gradientCheckpointing() gives the plain tape's gradients through decode and encode, with a shorter tape`, async (t) => {
+    const run = async (ck: boolean): Promise<{ gz: ArrayLike<number>; gx: ArrayLike<number>; nodes: number }> => {
+      const vae = (await fixtureVae(b)).gradientCheckpointing(ck);
+      const z = L.tensor(hostRandom(4 * 8 * 8, 31), { shape: [1, 4, 8, 8], backend: b, requiresGrad: true });
+      const x = L.tensor(hostRandom(3 * 32 * 32, 32), { shape: [1, 3, 32, 32], backend: b, requiresGrad: true });
+      const loss = vae.decode(z).square().sum().add(vae.encode(x).mean.mul(2).sum());
+      const seen = new Set<unknown>();
+      const walk = (y: L.Tensor): void => { const n = y.node; if (!n || seen.has(n)) return; seen.add(n); n.inputs.forEach(walk); };
+      walk(loss);
+      loss.backward();
+      const out = { gz: await z.grad!.data(), gx: await x.grad!.data(), nodes: seen.size };
+      vae.dispose();
+      return out;
+    };
+    const plain = await run(false);
+    const ck = await run(true);
+    for (const k of ['gz', 'gx'] as const) {
+      let scale = 0;
+      for (const v of plain[k] as ArrayLike<number> & Iterable<number>) scale = Math.max(scale, Math.abs(v));
+      const c = close(ck[k], plain[k], 1e-5 * scale, 1e-4);
+      t.ok(c.ok, `${k}: ${c.message}`);
+    }
+    t.ok(ck.nodes * 3 < plain.nodes, `tape nodes ${ck.nodes} with checkpointing, ${plain.nodes} without`);
+  });
+}

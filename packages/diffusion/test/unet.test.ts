@@ -145,6 +145,32 @@ for (const backend of backends) {
   });
 }
 
+for (const backend of backends) {
+  t.test(`sd_unet_small ${backend.name}: use_checkpoint (ResBlocks recomputed in backward) gives the plain tape's gradients for x, context and weights`, async (t) => {
+    const run = async (useCheckpoint: boolean): Promise<Float32Array[]> => {
+      const fx = readFixture('sd_unet_small');
+      const unet = new UNet({ ...fx.config, use_checkpoint: useCheckpoint }, { backend }).eval();
+      await loadWeights(unet, `${fixtureDir('sd_unet_small')}model.safetensors`, { prefix: PREFIX });
+      const x = L.tensor(hostRandom(2 * 4 * 16 * 16, 3), { shape: [2, 4, 16, 16], backend, requiresGrad: true });
+      const ctx = L.tensor(hostRandom(2 * 7 * 24, 4), { shape: [2, 7, 24], backend, requiresGrad: true });
+      const r = L.tensor(hostRandom(2 * 4 * 16 * 16, 5), { shape: [2, 4, 16, 16], backend });
+      L.tidy(() => { unet.forward(x, [999, 37], ctx).mul(r).sum().backward(); });
+      const w = unet.input_blocks.at(4).at(0) as unknown as { in_layers: { at(i: number): { weight: L.Tensor } } };
+      const out = [await x.grad!.data(), await ctx.grad!.data(), await w.in_layers.at(2).weight.grad!.data()] as Float32Array[];
+      unet.dispose();
+      return out;
+    };
+    const plain = await run(false);
+    const ck = await run(true);
+    ['x', 'context', 'input_blocks.4.0.in_layers.2.weight'].forEach((name, i) => {
+      let scale = 0;
+      for (const v of plain[i]) scale = Math.max(scale, Math.abs(v));
+      const c = close(ck[i], plain[i], 1e-5 * scale, 1e-4);
+      t.ok(c.ok, `d/d ${name}: ${c.message}`);
+    });
+  });
+}
+
 t.test('unsupported config options throw ConfigError naming the option', async (t) => {
   const base = readFixture('sd_unet_small').config;
   const cases: [string, Partial<Record<keyof UNetConfig, unknown>>][] = [

@@ -25,6 +25,13 @@ export function noGrad<T>(fn: () => T): T {
   try { return fn(); } finally { gradEnabled = prev; }
 }
 
+/** Runs `fn` with recording on (inside a backward function, to rebuild a piece of the tape). */
+export function enableGrad<T>(fn: () => T): T {
+  const prev = gradEnabled;
+  gradEnabled = true;
+  try { return fn(); } finally { gradEnabled = prev; }
+}
+
 /** Records `outputs = name(inputs)` when any input requires grad. */
 export function record(name: string, inputs: readonly Tensor[], outputs: readonly Tensor[], backward: BackwardFn): void {
   if (!gradEnabled || !inputs.some((t) => t.requiresGrad)) return;

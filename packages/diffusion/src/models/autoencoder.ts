@@ -11,7 +11,7 @@
  * Under noGrad each block frees its intermediates as it goes (tidyUnlessRecording); with gradient recording on
  * they stay for the tape and the caller's tidy frees them.
  */
-import { ShapeError, fmtShape, pad, randn, scaledDotProductAttention, tidyUnlessRecording, upsample } from '@latentdem/tensor';
+import { ShapeError, checkpoint, fmtShape, pad, randn, scaledDotProductAttention, tidyUnlessRecording, upsample } from '@latentdem/tensor';
 import type { Backend, BackendName, Generator, Tensor } from '@latentdem/tensor';
 import { Conv2d, Dropout, GroupNorm, Module, ModuleList } from '@latentdem/nn';
 import { SD_LATENT_SCALE } from '../schedule.js';
@@ -113,12 +113,15 @@ export class ResnetBlock extends Module {
     this.conv2 = this.registerModule('conv2', conv(outChannels, outChannels, 3, o));
     this.nin_shortcut = inChannels !== outChannels ? this.registerModule('nin_shortcut', conv(inChannels, outChannels, 1, o)) : null;
   }
+  /** Activation checkpointing (AutoencoderKL.gradientCheckpointing()). */
+  checkpointed = false;
   forward(x: Tensor): Tensor {
-    return tidyUnlessRecording(() => {
+    const body = (x: Tensor): Tensor => tidyUnlessRecording(() => {
       let h = this.conv1.forward(normAct(this.norm1, x));
       h = this.conv2.forward(this.dropout.forward(normAct(this.norm2, h)));
       return (this.nin_shortcut ? this.nin_shortcut.forward(x) : x).add(h);
     });
+    return this.checkpointed && !(this.training && this.dropout.p > 0) ? checkpoint(body, [x], this.parameters()) : body(x);
   }
 }
 
@@ -133,7 +136,12 @@ export class AttnBlock extends Module {
     this.v = this.registerModule('v', conv(channels, channels, 1, o));
     this.proj_out = this.registerModule('proj_out', conv(channels, channels, 1, o));
   }
+  /** Activation checkpointing (AutoencoderKL.gradientCheckpointing()). */
+  checkpointed = false;
   forward(x: Tensor): Tensor {
+    return this.checkpointed ? checkpoint((x) => this.attend(x), [x], this.parameters()) : this.attend(x);
+  }
+  private attend(x: Tensor): Tensor {
     return tidyUnlessRecording(() => {
       const [b, c, hh, ww] = x.shape;
       const h = this.norm.forward(x);
@@ -357,6 +365,15 @@ export class AutoencoderKL extends Module {
     this.decoder = this.registerModule('decoder', new Decoder(dd, o));
     this.quant_conv = this.registerModule('quant_conv', conv(2 * dd.z_channels, 2 * config.embed_dim, 1, o));
     this.post_quant_conv = this.registerModule('post_quant_conv', conv(config.embed_dim, dd.z_channels, 1, o));
+  }
+
+  /**
+   * Activation checkpointing of every ResnetBlock and AttnBlock (not in the original, which never back-propagates
+   * through its autoencoder at sampling time): gradients through decode/encode keep only block inputs and
+   * recompute the rest. Same values; for the posterior samplers' d/dz through the decoder.
+   */
+  gradientCheckpointing(flag = true): this {
+    return this.apply((m) => { if (m instanceof ResnetBlock || m instanceof AttnBlock) m.checkpointed = flag; });
   }
 
   /** Image side over latent side: 2^(len(ch_mult) - 1) (8 for SD). */

@@ -7,7 +7,7 @@
  * Under noGrad each block frees its intermediates as it goes (tidyUnlessRecording); with gradient recording on
  * they stay for the tape and the caller's tidy frees them.
  */
-import { ShapeError, avgPool2d, concat, cos, fmtShape, sin, tensor, upsample, scaledDotProductAttention, tidyUnlessRecording } from '@latentdem/tensor';
+import { ShapeError, avgPool2d, checkpoint, concat, cos, fmtShape, sin, tensor, upsample, scaledDotProductAttention, tidyUnlessRecording } from '@latentdem/tensor';
 import type { Backend, BackendName, Generator, Tensor } from '@latentdem/tensor';
 import { Conv2d, Dropout, GroupNorm, Identity, LayerNorm, Linear, Module, ModuleList, Sequential, SiLU } from '@latentdem/nn';
 import type { TensorModule } from '@latentdem/nn';
@@ -37,7 +37,7 @@ export interface UNetConfig {
   dims?: number;
   /** Only null is supported (no class conditioning). */
   num_classes?: number | null;
-  /** Gradient checkpointing in the original: no effect on values. */
+  /** Activation checkpointing of ResBlocks (BasicTransformerBlocks always are, as in the original): less memory in backward, same values. */
   use_checkpoint?: boolean;
   /** Only false is supported (compute is float32). */
   use_fp16?: boolean;
@@ -180,7 +180,11 @@ export class ResBlock extends Module {
   readonly emb_layers: Sequential;
   readonly out_layers: Sequential;
   readonly skip_connection: TensorModule;
-  constructor(readonly channels: number, embChannels: number, dropout: number, readonly outChannels: number, o: UNetInitOptions = {}) {
+  /**
+   * `useCheckpoint`: activation checkpointing, as the original's use_checkpoint (openaimodel.py:250-251): the
+   * backward recomputes the block instead of keeping its intermediates. Off while dropout is active.
+   */
+  constructor(readonly channels: number, embChannels: number, readonly dropout: number, readonly outChannels: number, o: UNetInitOptions = {}, readonly useCheckpoint = false) {
     super();
     this.in_layers = this.registerModule('in_layers', new Sequential(normalization(channels, o), new SiLU(), new Conv2d(channels, outChannels, 3, { padding: 1, ...o })));
     this.emb_layers = this.registerModule('emb_layers', new Sequential(new SiLU(), new Linear(embChannels, outChannels, o)));
@@ -188,11 +192,13 @@ export class ResBlock extends Module {
     this.skip_connection = this.registerModule('skip_connection', outChannels === channels ? new Identity() : new Conv2d(channels, outChannels, 1, o));
   }
   forward(x: Tensor, emb: Tensor): Tensor {
-    return tidyUnlessRecording(() => {
+    const body = (x: Tensor, emb: Tensor): Tensor => tidyUnlessRecording(() => {
       const h = this.in_layers.forward(x);
       const e = this.emb_layers.forward(emb);
       return this.skip_connection.forward(x).add(this.out_layers.forward(h.add(e.reshape([e.shape[0], e.shape[1], 1, 1]))));
     });
+    if (!this.useCheckpoint || (this.training && this.dropout > 0)) return body(x, emb);
+    return checkpoint(body, [x, emb], this.parameters());
   }
 }
 
@@ -290,10 +296,14 @@ export class BasicTransformerBlock extends Module {
     this.norm2 = this.registerModule('norm2', new LayerNorm(dim, o));
     this.norm3 = this.registerModule('norm3', new LayerNorm(dim, o));
   }
+  /** Always checkpointed, as the original (attention.py:197, 209: checkpoint=True by default): no dropout here. */
   forward(x: Tensor, context?: Tensor): Tensor {
-    x = this.attn1.forward(this.norm1.forward(x)).add(x);
-    x = this.attn2.forward(this.norm2.forward(x), context).add(x);
-    return this.ff.forward(this.norm3.forward(x)).add(x);
+    const body = (x: Tensor, context?: Tensor): Tensor => {
+      x = this.attn1.forward(this.norm1.forward(x)).add(x);
+      x = this.attn2.forward(this.norm2.forward(x), context).add(x);
+      return this.ff.forward(this.norm3.forward(x)).add(x);
+    };
+    return checkpoint(body, context ? [x, context] : [x], this.parameters());
   }
 }
 
@@ -386,7 +396,7 @@ export class UNet extends Module {
     let ch = mc; let ds = 1;
     c.channel_mult.forEach((mult, level) => {
       for (let i = 0; i < c.num_res_blocks; i++) {
-        const layers: Module[] = [new ResBlock(ch, embDim, c.dropout, mult * mc, o)];
+        const layers: Module[] = [new ResBlock(ch, embDim, c.dropout, mult * mc, o, c.use_checkpoint)];
         ch = mult * mc;
         if (c.attention_resolutions.includes(ds)) layers.push(transformer(ch));
         input.append(seq(...layers));
@@ -401,7 +411,7 @@ export class UNet extends Module {
     this.input_blocks = this.registerModule('input_blocks', input);
 
     // openaimodel.py:588-623
-    this.middle_block = this.registerModule('middle_block', seq(new ResBlock(ch, embDim, c.dropout, ch, o), transformer(ch), new ResBlock(ch, embDim, c.dropout, ch, o)));
+    this.middle_block = this.registerModule('middle_block', seq(new ResBlock(ch, embDim, c.dropout, ch, o, c.use_checkpoint), transformer(ch), new ResBlock(ch, embDim, c.dropout, ch, o, c.use_checkpoint)));
 
     // openaimodel.py:625-680: levels in reverse, skips popped LIFO.
     const output = new ModuleList<TimestepEmbedSequential>();
@@ -409,7 +419,7 @@ export class UNet extends Module {
       const mult = c.channel_mult[level];
       for (let i = 0; i <= c.num_res_blocks; i++) {
         const ich = chans.pop()!;
-        const layers: Module[] = [new ResBlock(ch + ich, embDim, c.dropout, mc * mult, o)];
+        const layers: Module[] = [new ResBlock(ch + ich, embDim, c.dropout, mc * mult, o, c.use_checkpoint)];
         ch = mc * mult;
         if (c.attention_resolutions.includes(ds)) layers.push(transformer(ch));
         if (level && i === c.num_res_blocks) {

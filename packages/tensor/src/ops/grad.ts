@@ -1,5 +1,5 @@
 /** Running the tape backwards: `backward()` for leaves' `.grad`, and the functional `grad` / `valueAndGrad`. */
-import { noGrad, topoNodes } from '../autodiff.js';
+import { enableGrad, isGradEnabled, noGrad, record, topoNodes } from '../autodiff.js';
 import { GradientError, ShapeError, fmtShape } from '../errors.js';
 import { keep, tidy } from '../memory.js';
 import { sameShape } from '../shape.js';
@@ -55,6 +55,27 @@ export function backward(roots: readonly Tensor[], seeds?: readonly Tensor[], ac
     }
     return wrt.map((t) => { const g = grads.get(t); return g ? clone(g) : null; });
   }));
+}
+
+/**
+ * Activation checkpointing (CompVis util.py:102 `checkpoint`, torch.utils.checkpoint): runs `fn(...inputs)`
+ * without keeping its intermediates on the tape, and recomputes them when the backward reaches it. `params`
+ * are the tensors `fn` reads besides its inputs whose gradients are wanted (a block's parameters); anything
+ * else `fn` reads gets no gradient through it. `fn` must be deterministic (no active dropout).
+ */
+export function checkpoint(fn: (...xs: Tensor[]) => Tensor, inputs: readonly Tensor[], params: readonly Tensor[] = []): Tensor {
+  const gradParams = params.filter((p) => p.requiresGrad);
+  if (!isGradEnabled() || !(inputs.some((x) => x.requiresGrad) || gradParams.length)) return fn(...inputs);
+  const out = noGrad(() => tidy(() => fn(...inputs)));
+  record('checkpoint', [...inputs, ...gradParams], [out], ([g]) => {
+    const leaves = inputs.map((x) => { const v = viewOf(x, x.shape, x.strides, x.offset); v.requiresGrad = x.requiresGrad; return v; });
+    const wrt = [...leaves.filter((v) => v.requiresGrad), ...gradParams];
+    const y = enableGrad(() => fn(...leaves));
+    const gs = backward([y], [g!], false, wrt);
+    let k = 0;
+    return [...leaves.map((v) => (v.requiresGrad ? gs[k++] : null)), ...gradParams.map(() => gs[k++])];
+  });
+  return out;
 }
 
 /** Functional gradient: grad(f)(...xs) returns d f / d x_i for each argument (f must return one element). */

@@ -6,5 +6,5 @@ export * from './conv.js';
 export * from './nn.js';
 export * from './fft.js';
 export * from './creation.js';
-export { grad, valueAndGrad } from './grad.js';
+export { grad, valueAndGrad, checkpoint } from './grad.js';
 export { tidyUnlessRecording } from './composite.js';
