@@ -211,11 +211,6 @@ export async function novelView(o: NovelViewOptions): Promise<NovelViewResult> {
   }
 }
 
-function summarize(e: StateDictError): string {
-  const part = (what: string, keys: readonly string[]): string[] =>
-    keys.length ? [`${keys.length} ${what} (${keys.slice(0, 3).join('; ')}${keys.length > 3 ? '; ...' : ''})`] : [];
-  return [...part('mis-shaped', e.mismatched), ...part('missing', e.missing), ...part('unexpected', e.unexpected)].join(', ');
-}
 
 export async function main(argv: string[]): Promise<number> {
   const o: Partial<NovelViewOptions> = {};
@@ -270,7 +265,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (e) {
     if (e instanceof UsageError) process.stderr.write(`${NAME}: ${e.message}\n${USAGE}\n`);
-    else if (e instanceof StateDictError) process.stderr.write(`${NAME}: the weights do not fit the config (check --config): ${summarize(e)}\n`);
+    else if (e instanceof StateDictError) process.stderr.write(`${NAME}: the weights do not fit the config (check --config): ${e.summary()}\n`);
     else process.stderr.write(`${NAME}: ${(e as Error).message}\n`);
     return 1;
   }

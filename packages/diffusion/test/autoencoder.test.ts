@@ -7,6 +7,7 @@ import { SafetensorsFile, StateDictError, loadWeights, withoutInit } from '@late
 import { AutoencoderKL, ConfigError, DiagonalGaussian, SD15_VAE_CONFIG, SD_LATENT_SCALE } from '../src/index.js';
 import type { AutoencoderKLConfig } from '../src/index.js';
 import { close, hostRandom, testBackends } from '../../tensor/test/helpers.js';
+import { fixtureErrors as diff } from './fixture-helpers.js';
 
 const FIXTURE = join(process.cwd(), '..', 'shared', 'fixtures', 'sd_vae_small');
 const WEIGHTS = join(FIXTURE, 'model.safetensors');
@@ -26,15 +27,6 @@ async function fixtureVae(b: L.Backend): Promise<AutoencoderKL> {
 }
 const fixtureTensor = (name: string, b: L.Backend): Promise<L.Tensor> => file.read(`__fixture__.${name}`, { backend: b });
 
-/** max |a - b| and max |a - b| / std(b) (the fixture's two measures). */
-function diff(a: ArrayLike<number>, b: ArrayLike<number>): { maxAbs: number; rel: number } {
-  let maxAbs = 0; let mean = 0;
-  for (let i = 0; i < b.length; i++) { maxAbs = Math.max(maxAbs, Math.abs(a[i] - b[i])); mean += b[i]; }
-  mean /= b.length;
-  let v = 0;
-  for (let i = 0; i < b.length; i++) v += (b[i] - mean) ** 2;
-  return { maxAbs: a.length === b.length ? maxAbs : Infinity, rel: maxAbs / Math.sqrt(v / b.length) };
-}
 
 t.test('SD15_VAE_CONFIG: v1-inference.yaml first_stage_config, downsampling factor 8', async (t) => {
   t.same(SD15_VAE_CONFIG, { embed_dim: 4, ddconfig: { double_z: true, z_channels: 4, resolution: 256, in_channels: 3, out_ch: 3, ch: 128, ch_mult: [1, 2, 4, 4], num_res_blocks: 2, attn_resolutions: [], dropout: 0 } });

@@ -16,6 +16,7 @@ import {
 } from '../src/index.js';
 import type { ClipTextConfig } from '../src/index.js';
 import { close, hostRandom, testBackends } from '../../tensor/test/helpers.js';
+import { thrown, fixtureErrors as errors } from './fixture-helpers.js';
 
 const shared = (p: string): string => fileURLToPath(new URL(`../../../../shared/${p}`, import.meta.url));
 const FIXTURE = shared('fixtures/clip_text_small/');
@@ -31,19 +32,7 @@ const smallConfig = fx.config.hf_equivalent.CLIPTextConfig;
 const backends = await testBackends();
 const tokenizer = await ClipTokenizer.fromFile(shared('data/clip/bpe_simple_vocab_16e6.txt.gz'));
 
-function thrown(fn: () => unknown): unknown {
-  try { fn(); } catch (e) { return e; }
-  return null;
-}
 
-/** max |a - e| and that over std(e) (population std, as the fixture's tolerance). */
-function errors(a: ArrayLike<number>, e: ArrayLike<number>): { maxAbs: number; rel: number } {
-  let maxAbs = 0; let s = 0; let s2 = 0;
-  for (let i = 0; i < e.length; i++) { maxAbs = Math.max(maxAbs, Math.abs(a[i] - e[i])); s += e[i]; s2 += e[i] * e[i]; }
-  const mean = s / e.length;
-  const std = Math.sqrt(Math.max(s2 / e.length - mean * mean, 0));
-  return { maxAbs: a.length === e.length ? maxAbs : Infinity, rel: maxAbs / std };
-}
 
 async function loadSmall(backend: Backend): Promise<{ enc: ClipTextEncoder; file: SafetensorsFile }> {
   const enc = new ClipTextEncoder(smallConfig, { backend }).eval();

@@ -12,24 +12,14 @@ import { SafetensorsFile, StateDictError, loadWeights } from '@latentdem/nn';
 import { CLIP_MEAN, CLIP_STD, ClipVisionEncoder, ConfigError, ZERO123_CLIP_VISION_CONFIG, ZERO123_CLIP_VISION_PREFIX, bicubicMatrix, zero123ClipPreprocess } from '../src/index.js';
 import type { ClipVisionConfig } from '../src/index.js';
 import { testBackends } from '../../tensor/test/helpers.js';
+import { thrown, fixtureErrors as errors } from './fixture-helpers.js';
 
 const dir = fileURLToPath(new URL('../../../../shared/fixtures/clip_vision_small/', import.meta.url));
 interface Fixture { config: { args: ClipVisionConfig }; tolerance: { max_abs: number; max_rel_to_output_std: number } }
 const fx = JSON.parse(readFileSync(`${dir}fixture.json`, 'utf8')) as Fixture;
 const backends = await testBackends();
 
-function thrown(fn: () => unknown): unknown {
-  try { fn(); } catch (e) { return e; }
-  return null;
-}
 
-/** max |a - e| and that over std(e) (population std, as the fixture's tolerance). */
-function errors(a: ArrayLike<number>, e: ArrayLike<number>): { maxAbs: number; rel: number } {
-  let maxAbs = 0; let s = 0; let s2 = 0;
-  for (let i = 0; i < e.length; i++) { maxAbs = Math.max(maxAbs, Math.abs(a[i] - e[i])); s += e[i]; s2 += e[i] * e[i]; }
-  const mean = s / e.length;
-  return { maxAbs: a.length === e.length ? maxAbs : Infinity, rel: maxAbs / Math.sqrt(Math.max(s2 / e.length - mean * mean, 0)) };
-}
 
 async function load(backend: Backend): Promise<{ enc: ClipVisionEncoder; file: SafetensorsFile }> {
   const enc = new ClipVisionEncoder(fx.config.args, { backend }).eval();

@@ -11,6 +11,7 @@ import { SafetensorsFile, StateDictError, loadWeights } from '@latentdem/nn';
 import { ConfigError, SD15_UNET_CONFIG, UNet, timestepEmbedding } from '../src/index.js';
 import type { UNetConfig } from '../src/index.js';
 import { close, hostRandom, testBackends } from '../../tensor/test/helpers.js';
+import { thrown, fixtureErrors as errors } from './fixture-helpers.js';
 
 const fixtureDir = (name: string): string => fileURLToPath(new URL(`../../../../shared/fixtures/${name}/`, import.meta.url));
 interface Fixture { config: UNetConfig; tolerance: { max_abs: number; max_rel_to_output_std: number } }
@@ -20,10 +21,6 @@ const PREFIX = 'model.diffusion_model.';
 const backends = await testBackends();
 
 /** The error fn throws (or null); tap's t.throws takes error classes or patterns, not predicates. */
-function thrown(fn: () => unknown): unknown {
-  try { fn(); } catch (e) { return e; }
-  return null;
-}
 
 async function loadUNet(name: string, backend: Backend): Promise<{ unet: UNet; file: SafetensorsFile; fx: Fixture }> {
   const fx = readFixture(name);
@@ -33,14 +30,6 @@ async function loadUNet(name: string, backend: Backend): Promise<{ unet: UNet; f
   return { unet, file, fx };
 }
 
-/** max |a - e| and that over std(e) (population std, as the fixture's tolerance). */
-function errors(a: ArrayLike<number>, e: ArrayLike<number>): { maxAbs: number; rel: number } {
-  let maxAbs = 0; let s = 0; let s2 = 0;
-  for (let i = 0; i < e.length; i++) { maxAbs = Math.max(maxAbs, Math.abs(a[i] - e[i])); s += e[i]; s2 += e[i] * e[i]; }
-  const mean = s / e.length;
-  const std = Math.sqrt(Math.max(s2 / e.length - mean * mean, 0));
-  return { maxAbs: a.length === e.length ? maxAbs : Infinity, rel: maxAbs / std };
-}
 
 for (const name of ['sd_unet_small', 'sd_unet_small_headch']) {
   for (const backend of backends) {

@@ -11,6 +11,7 @@ import { SafetensorsFile, StateDictError } from '@latentdem/nn';
 import { ZERO123_CONFIG, ZERO123_GUIDANCE_SCALE, Zero123, loadZero123Weights, poseTensor, poseVector, sample } from '../src/index.js';
 import type { UNetConfig, Zero123Config, Zero123Cond } from '../src/index.js';
 import { testBackends } from '../../tensor/test/helpers.js';
+import { thrown, fixtureErrors as errors } from './fixture-helpers.js';
 
 const dir = fileURLToPath(new URL('../../../../shared/fixtures/zero123_unet_small/', import.meta.url));
 interface Fixture { config: { unet: { args: UNetConfig }; clip_dim: number }; tolerance: { max_abs: number; max_rel_to_output_std: number } }
@@ -18,17 +19,7 @@ const fx = JSON.parse(readFileSync(`${dir}fixture.json`, 'utf8')) as Fixture;
 const config: Zero123Config = { unet: fx.config.unet.args, clip_dim: fx.config.clip_dim };
 const backends = await testBackends();
 
-function thrown(fn: () => unknown): unknown {
-  try { fn(); } catch (e) { return e; }
-  return null;
-}
 
-function errors(a: ArrayLike<number>, e: ArrayLike<number>): { maxAbs: number; rel: number } {
-  let maxAbs = 0; let s = 0; let s2 = 0;
-  for (let i = 0; i < e.length; i++) { maxAbs = Math.max(maxAbs, Math.abs(a[i] - e[i])); s += e[i]; s2 += e[i] * e[i]; }
-  const mean = s / e.length;
-  return { maxAbs: a.length === e.length ? maxAbs : Infinity, rel: maxAbs / Math.sqrt(Math.max(s2 / e.length - mean * mean, 0)) };
-}
 
 async function load(backend: Backend | 'cpu'): Promise<{ model: Zero123; file: SafetensorsFile }> {
   const model = L.noGrad(() => new Zero123(config, { backend })).eval();

@@ -19,4 +19,11 @@ export class StateDictError extends LatentdemError {
     if (mismatched.length) parts.push(`mis-shaped keys (${mismatched.length}): ${mismatched.join('; ')}`);
     super(op, parts.join('; ') || 'state dict does not fit');
   }
+
+  /** One short line for a CLI: the counts, and the first few keys of each kind. */
+  summary(): string {
+    const part = (what: string, keys: readonly string[]): string[] =>
+      keys.length ? [`${keys.length} ${what} (${keys.slice(0, 3).join('; ')}${keys.length > 3 ? '; ...' : ''})`] : [];
+    return [...part('mis-shaped', this.mismatched), ...part('missing', this.missing), ...part('unexpected', this.unexpected)].join(', ');
+  }
 }

@@ -9,7 +9,7 @@ import { ShapeError, Tensor, concat, fmtShape, noGrad, tensor, tidy, tidyUnlessR
 import type { Backend, BackendName, Generator } from '@latentdem/tensor';
 import { Linear, Module, SafetensorsFile, StateDictError, loadWeights } from '@latentdem/nn';
 import { ConfigError } from './config.js';
-import { UNet } from './unet.js';
+import { SD15_UNET_CONFIG, UNet } from './unet.js';
 import type { UNetConfig, UNetForwardOptions } from './unet.js';
 import type { AutoencoderKL } from './autoencoder.js';
 import type { ClipVisionEncoder } from './clip-vision.js';
@@ -30,21 +30,8 @@ export interface Zero123Config {
  * images 256x256 (latent image_size 32, l.12).
  */
 export const ZERO123_CONFIG: Zero123Config = Object.freeze({
-  unet: Object.freeze({
-    image_size: 32,
-    in_channels: 8,
-    out_channels: 4,
-    model_channels: 320,
-    attention_resolutions: Object.freeze([4, 2, 1]),
-    num_res_blocks: 2,
-    channel_mult: Object.freeze([1, 2, 4, 4]),
-    num_heads: 8,
-    use_spatial_transformer: true,
-    transformer_depth: 1,
-    context_dim: 768,
-    use_checkpoint: true,
-    legacy: false,
-  }),
+  // Field for field SD v1's UNet (v1-inference.yaml) but for the 8 input channels: noisy latent + input-view latent.
+  unet: Object.freeze({ ...SD15_UNET_CONFIG, in_channels: 8 }),
   clip_dim: 768,
 });
 
