@@ -10,12 +10,14 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { tensor } from '@latentdem/tensor';
 import type { Tensor } from '@latentdem/tensor';
 import { CheckpointError, inspectTorchCheckpoint, loadTorchCheckpoint } from '../src/torch/index.js';
 import { unpickle } from '../src/torch/pickle.js';
 import { makePolicy } from '../src/torch/policy.js';
 import { StorageRef, TensorRef, materialize } from '../src/torch/storage.js';
-import { loadSafetensors } from '../src/safetensors.js';
+import { loadSafetensors, saveSafetensors } from '../src/safetensors.js';
+import { emaKeyFor } from '../../../tools/convert.js';
 import { COMPVIS_PREFIX, diffusersToCompvis, mapDiffusersKeys, needsConv1x1 } from '../src/keymaps/index.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -406,4 +408,88 @@ t.test('tools/convert.ts: diffusers-layout checkpoint -> latentdem safetensors; 
   t.equal(evil.status, 2, 'malicious checkpoint: exit 2');
   t.match(evil.stderr, /refused.*posix\.system/);
   t.notOk(existsSync(evilOut), 'nothing written');
+});
+
+t.test('tools/convert.ts --ema: model_ema.* (dotless names, as LitEma stores them) over model.diffusion_model.*', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'torch-convert-ema-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const run = (...args: string[]) => spawnSync(process.execPath, ['--conditions=latentdem-src', '--import', 'tsx', join(root, 'tools/convert.ts'), ...args], { cwd: root, encoding: 'utf8' });
+  const f32 = (v: number[], shape: number[]) => tensor(Float32Array.from(v), { shape, backend: 'cpu' });
+  // Two UNet parameters whose dotless names could collide only if the dots were removed wrongly
+  // (input_blocks.1.1 vs a hypothetical input_blocks.11), a VAE tensor, and LitEma's scalars.
+  const live = { w: [1, 2, 3, 4], b: [5, 6], n: [7, 8] };
+  const ema = { w: [-1, -2, -3, -4], b: [-5, -6], n: [-7, -8] };
+  const ckpt = (drop: string[] = [], withEma = true) => {
+    const m = new Map<string, Tensor>([
+      ['model.diffusion_model.input_blocks.0.0.weight', f32(live.w, [2, 2])],
+      ['model.diffusion_model.input_blocks.1.1.norm.bias', f32(live.b, [2])],
+      ['model.diffusion_model.out.2.bias', f32(live.n, [2])],
+      ['first_stage_model.decoder.conv_out.bias', f32([9, 9, 9], [3])],
+    ]);
+    if (withEma) {
+      m.set('model_ema.decay', f32([0.9999], []));
+      m.set('model_ema.num_updates', tensor(Int32Array.from([1234]), { shape: [], backend: 'cpu' }));
+      m.set('model_ema.diffusion_modelinput_blocks00weight', f32(ema.w, [2, 2]));
+      m.set('model_ema.diffusion_modelinput_blocks11normbias', f32(ema.b, [2]));
+      m.set('model_ema.diffusion_modelout2bias', f32(ema.n, [2]));
+    }
+    for (const k of drop) m.delete(k);
+    return m;
+  };
+  const write = async (name: string, m: Map<string, Tensor>) => {
+    const p = join(dir, name);
+    await saveSafetensors(p, m);
+    for (const x of m.values()) x.dispose();
+    return p;
+  };
+  t.equal(emaKeyFor('model.diffusion_model.output_blocks.11.1.transformer_blocks.0.attn1.to_q.weight'), 'model_ema.diffusion_modeloutput_blocks111transformer_blocks0attn1to_qweight', 'LitEma: diffusion_model.<name> without dots');
+
+  const src = await write('ema.safetensors', ckpt());
+  const values = async (p: string) => {
+    const m = await loadSafetensors(p);
+    const o = Object.fromEntries(await Promise.all([...m].map(async ([k, x]) => [k, [...(await x.data())]] as const)));
+    await dispose(m);
+    return o;
+  };
+
+  // without --ema: EMA tensors dropped, live weights kept
+  const plain = join(dir, 'plain.safetensors');
+  const r0 = run(src, plain);
+  t.equal(r0.status, 0, r0.stderr);
+  t.match(r0.stdout, /dropped 5 model_ema\.\* tensors/);
+  t.match(r0.stdout, /model_ema\.diffusion_modelout2bias \(dropped\)/);
+  t.match(r0.stdout, /wrote 4 tensors/);
+  const v0 = await values(plain);
+  t.same(Object.keys(v0).sort(), ['first_stage_model.decoder.conv_out.bias', 'model.diffusion_model.input_blocks.0.0.weight', 'model.diffusion_model.input_blocks.1.1.norm.bias', 'model.diffusion_model.out.2.bias']);
+  t.same(v0['model.diffusion_model.input_blocks.0.0.weight'], live.w, 'live UNet weights');
+
+  // --ema: each UNet tensor replaced by its twin, the scalars skipped, other models untouched
+  const withEma = join(dir, 'with-ema.safetensors');
+  const r1 = run(src, withEma, '--ema');
+  t.equal(r1.status, 0, r1.stderr);
+  t.match(r1.stdout, /--ema: replaced 3 model\.diffusion_model\.\* tensors by their model_ema\.\* twins \(skipped model_ema\.decay, model_ema\.num_updates\)/);
+  const v1 = await values(withEma);
+  t.same(Object.keys(v1).sort(), Object.keys(v0).sort(), 'same keys, no model_ema.*');
+  t.same(v1['model.diffusion_model.input_blocks.0.0.weight'], ema.w);
+  t.same(v1['model.diffusion_model.input_blocks.1.1.norm.bias'], ema.b);
+  t.same(v1['model.diffusion_model.out.2.bias'], ema.n);
+  t.same(v1['first_stage_model.decoder.conv_out.bias'], [9, 9, 9]);
+  const raw = readFileSync(withEma); const hlen = Number(raw.readBigUInt64LE(0));
+  t.equal((JSON.parse(raw.subarray(8, 8 + hlen).toString('utf8')) as { __metadata__: Record<string, string> }).__metadata__.unet_weights, 'model_ema', 'recorded in the metadata');
+
+  // refusals: no EMA at all; a UNet tensor without twin; an EMA tensor without UNet tensor; nothing written
+  const noEma = await write('no-ema.safetensors', ckpt([], false));
+  const bad = join(dir, 'bad.safetensors');
+  const r2 = run(noEma, bad, '--ema');
+  t.equal(r2.status, 1, 'no model_ema.*: exit 1');
+  t.match(r2.stderr, /--ema: the checkpoint has no model_ema\.\* weights/);
+  const missing = await write('missing.safetensors', ckpt(['model_ema.diffusion_modelinput_blocks11normbias']));
+  const r3 = run(missing, bad, '--ema');
+  t.equal(r3.status, 1, 'missing twin: exit 1');
+  t.match(r3.stderr, /1 of 3 UNet tensors have no EMA twin: model\.diffusion_model\.input_blocks\.1\.1\.norm\.bias \(no model_ema\.diffusion_modelinput_blocks11normbias\)/);
+  const orphan = await write('orphan.safetensors', ckpt(['model.diffusion_model.out.2.bias']));
+  const r4 = run(orphan, bad, '--ema');
+  t.equal(r4.status, 1, 'orphan EMA tensor: exit 1');
+  t.match(r4.stderr, /1 model_ema\.\* tensors match no UNet tensor: model_ema\.diffusion_modelout2bias/);
+  t.notOk(existsSync(bad), 'nothing written on refusal');
 });
