@@ -7,3 +7,5 @@ export { mse, kernelMse, psnr, ssim, mnc, SSIM_K1, SSIM_K2, SSIM_WINDOW, SSIM_SI
 export { splitmix64, portableUniform, portableNormals, pairNoise, pairNoiseSeed, pairwiseSum, logCR, sinCosCR } from './deblur/noise.js';
 export { DnCNN, KERNEL_DNCNN, KERNEL_DNCNN_LAMBDA, PAPER_DNCNN, RELEASE_FDNCNN, denoiseKernel, dncnnPrior, loadDnCNN } from './deblur/dncnn.js';
 export type { DnCNNConfig } from './deblur/dncnn.js';
+export { RELEASE_ANNEAL, releaseAnnealScale, paperAnnealScale, annealScale, isFullStep } from './deblur/schedules.js';
+export type { AnnealKind, PaperAnnealOptions, SkipGradientOptions } from './deblur/schedules.js';
