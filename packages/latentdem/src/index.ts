@@ -9,3 +9,5 @@ export { DnCNN, KERNEL_DNCNN, KERNEL_DNCNN_LAMBDA, PAPER_DNCNN, RELEASE_FDNCNN, 
 export type { DnCNNConfig } from './deblur/dncnn.js';
 export { RELEASE_ANNEAL, releaseAnnealScale, paperAnnealScale, annealScale, isFullStep } from './deblur/schedules.js';
 export type { AnnealKind, PaperAnnealOptions, SkipGradientOptions } from './deblur/schedules.js';
+export { centerOfMass, shiftBilinear, recenterKernel } from './deblur/recenter.js';
+export type { RecenterOptions } from './deblur/recenter.js';
