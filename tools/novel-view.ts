@@ -25,7 +25,6 @@
  * clip_vision: {input_resolution, ...}, image_size }. Exit codes: 0 ok, 1 error (one line on stderr).
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { pathToFileURL } from 'node:url';
 import * as L from '@latentdem/tensor';
 import { SafetensorsFile, StateDictError, loadWeights, withoutInit } from '@latentdem/nn';
 import {
@@ -33,6 +32,7 @@ import {
   ZERO123_DDIM_ETA, ZERO123_GUIDANCE_SCALE, ZERO123_IMAGE_SIZE, Zero123, conditionOnImage, loadZero123Weights, sample,
 } from '@latentdem/diffusion';
 import type { AutoencoderKLConfig, ClipVisionConfig, RelativePose, Zero123Config } from '@latentdem/diffusion';
+import { UsageError, reportCliError, runIfScript } from './cli.js';
 
 const NAME = 'novel-view';
 const USAGE = `usage: ${NAME} IN.png --weights W.safetensors --out OUT.png --polar DEG --azimuth DEG [--radius R] [--steps N] [--scale S] [--eta E] [--seed S] [--backend cpu|webgpu] [--config zero123|PATH.json] [--overwrite]`;
@@ -72,7 +72,6 @@ export interface NovelViewOptions {
 
 export interface NovelViewResult { out: string; size: number; latentShape: number[]; resized: boolean; seconds: number }
 
-class UsageError extends Error {}
 
 /**
  * PIL's resampling matrix [nOut, nIn] for the Lanczos-3 filter (Pillow src/libImaging/Resample.c,
@@ -264,13 +263,8 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${NAME}: ${r.size}x${r.size}${r.resized ? ' (input resized)' : ''} -> latent [${r.latentShape.join(',')}] -> ${r.out} in ${r.seconds.toFixed(1)} s\n`);
     return 0;
   } catch (e) {
-    if (e instanceof UsageError) process.stderr.write(`${NAME}: ${e.message}\n${USAGE}\n`);
-    else if (e instanceof StateDictError) process.stderr.write(`${NAME}: the weights do not fit the config (check --config): ${e.summary()}\n`);
-    else process.stderr.write(`${NAME}: ${(e as Error).message}\n`);
-    return 1;
+    return reportCliError(NAME, USAGE, e);
   }
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main(process.argv.slice(2)).then((code) => { process.exitCode = code; });
-}
+runIfScript(import.meta.url, main);

@@ -14,12 +14,12 @@
  * the round trip (8-bit output against the input, peak 1). Exit codes: 0 ok, 1 error (one line on stderr).
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { pathToFileURL } from 'node:url';
 import * as L from '@latentdem/tensor';
 import { SafetensorsFile, StateDictError, loadWeights } from '@latentdem/nn';
 import { AutoencoderKL, SD15_VAE_CONFIG } from '@latentdem/diffusion';
 import type { AutoencoderKLConfig } from '@latentdem/diffusion';
 import { psnr } from 'latentdem';
+import { UsageError, reportCliError, runIfScript } from './cli.js';
 
 const NAME = 'vae-roundtrip';
 const USAGE = `usage: ${NAME} IN.png --weights W.safetensors --out OUT.png [--sample [--seed S]] [--backend cpu|webgpu] [--config sd15|PATH.json] [--pad replicate|reflect] [--overwrite]`;
@@ -43,7 +43,6 @@ export interface RoundtripOptions {
 
 export interface RoundtripResult { psnr: number; latentShape: number[]; width: number; height: number; out: string }
 
-class UsageError extends Error {}
 
 function readConfig(c: RoundtripOptions['config']): AutoencoderKLConfig {
   if (c === undefined || c === 'sd15') return SD15_VAE_CONFIG;
@@ -160,13 +159,8 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${NAME}: ${r.width}x${r.height} -> latent [${r.latentShape.join(',')}] -> ${r.out}; PSNR ${r.psnr.toFixed(2)} dB\n`);
     return 0;
   } catch (e) {
-    if (e instanceof UsageError) process.stderr.write(`${NAME}: ${e.message}\n${USAGE}\n`);
-    else if (e instanceof StateDictError) process.stderr.write(`${NAME}: the weights do not fit the config (check --config): ${e.summary()}\n`);
-    else process.stderr.write(`${NAME}: ${(e as Error).message}\n`);
-    return 1;
+    return reportCliError(NAME, USAGE, e);
   }
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main(process.argv.slice(2)).then((code) => { process.exitCode = code; });
-}
+runIfScript(import.meta.url, main);
