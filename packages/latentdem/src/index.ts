@@ -11,3 +11,9 @@ export { RELEASE_ANNEAL, releaseAnnealScale, paperAnnealScale, annealScale, isFu
 export type { AnnealKind, PaperAnnealOptions, SkipGradientOptions } from './deblur/schedules.js';
 export { centerOfMass, shiftBilinear, recenterKernel } from './deblur/recenter.js';
 export type { RecenterOptions } from './deblur/recenter.js';
+export { loadPrior, sdPrior, emptyPromptIds, PriorError, PRIOR_FORMAT, RELEASE_GUIDANCE_SCALE } from './prior.js';
+export type { LatentPrior, SdPriorParts, LoadPriorOptions } from './prior.js';
+export { deblur } from './deblur/deblur.js';
+export type { DeblurOptions, DeblurStep, DeblurResult, DeblurRecord, DeblurStepRecord } from './deblur/deblur.js';
+export * from './deblur/classical.js';
+export * from './deblur/measurement.js';
