@@ -17,3 +17,7 @@ export { deblur } from './deblur/deblur.js';
 export type { DeblurOptions, DeblurStep, DeblurResult, DeblurRecord, DeblurStepRecord } from './deblur/deblur.js';
 export * from './deblur/classical.js';
 export * from './deblur/measurement.js';
+export { em } from './em.js';
+export type { EmOptions, EmResult, EmParams, EStepContext, EStepResult, MStepContext, EmStepInfo } from './em.js';
+export { blurOperator, RELEASE_ESTEP, DEFAULT_KERNEL_DENOISER } from './deblur/deblur.js';
+export { recenterKernelTensor } from './deblur/recenter.js';

@@ -14,7 +14,7 @@
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { LatentdemError, noGrad, tensor, tidy, zeros } from '@latentdem/tensor';
+import { LatentdemError, initBackend, noGrad, tensor, tidy, zeros } from '@latentdem/tensor';
 import type { Backend, BackendName, Generator, Tensor } from '@latentdem/tensor';
 import { SafetensorsFile, loadWeights, withoutInit } from '@latentdem/nn';
 import {
@@ -148,6 +148,7 @@ export async function loadPrior(spec: string, o: LoadPriorOptions = {}): Promise
   const jsonPath = statSync(spec).isDirectory() ? join(spec, 'prior.json') : spec.endsWith('.json') ? spec : null;
   if (jsonPath && !existsSync(jsonPath)) throw new PriorError('loadPrior', `${spec} is a directory without a prior.json`);
   const backend = o.backend;
+  if (typeof backend === 'string') await initBackend(backend);
   let desc: PriorJson;
   let base: string;
   if (jsonPath) {

@@ -11,6 +11,10 @@
  *   negatives and sums below one).
  */
 
+import { matmul, noGrad, sum, tensor, tidy } from '@latentdem/tensor';
+import type { Tensor } from '@latentdem/tensor';
+import { ShapeError } from '@latentdem/tensor';
+
 export interface RecenterOptions {
   /** 'origin' (default): the centre of mass goes to (h//2, w//2); 'release': h//2 + 0.5 (1 - h mod 2). */
   target?: 'origin' | 'release';
@@ -51,4 +55,32 @@ export function recenterKernel(k: ArrayLike<number>, h: number, w: number, o: Re
   if (s === 0) throw new RangeError('recenterKernel: the shift moved all of the kernel out of its support');
   for (let i = 0; i < out.length; i++) out[i] = shifted[i] / s;
   return out;
+}
+
+/** The target centre of an h x w kernel. */
+function targetCentre(h: number, w: number, o: RecenterOptions): [number, number] {
+  const release = o.target === 'release';
+  return [Math.floor(h / 2) + (release ? 0.5 * (1 - (h % 2)) : 0), Math.floor(w / 2) + (release ? 0.5 * (1 - (w % 2)) : 0)];
+}
+
+/**
+ * `recenterKernel` on the device, with no read-back (so the EM loop never waits on the GPU for it): the centre of
+ * mass from two weighted sums, then the same bilinear shift written as T_y k T_x^T with the tent matrices
+ * T[i, j] = max(0, 1 - |i - j - d|) built from the device scalar d, then clamp and renormalise.
+ */
+export function recenterKernelTensor(k: Tensor, o: RecenterOptions = {}): Tensor {
+  if (k.rank !== 2) throw new ShapeError('recenterKernelTensor', `needs a kernel [h, w], got [${k.shape}]`);
+  const [h, w] = k.shape;
+  const [ty, tx] = targetCentre(h, w, o);
+  return noGrad(() => tidy(() => {
+    const rows = tensor(Float32Array.from({ length: h }, (_, i) => i), { shape: [h, 1], backend: k.backend });
+    const cols = tensor(Float32Array.from({ length: w }, (_, i) => i), { shape: [1, w], backend: k.backend });
+    const total = sum(k).maximum(1e-30);
+    const dy = sum(k.mul(rows)).div(total).neg().add(ty);     // ty - cy
+    const dx = sum(k.mul(cols)).div(total).neg().add(tx);
+    const diff = (n: number): Tensor => tensor(Float32Array.from({ length: n * n }, (_, q) => Math.floor(q / n) - (q % n)), { shape: [n, n], backend: k.backend });
+    const tent = (n: number, d: Tensor): Tensor => diff(n).sub(d).abs().neg().add(1).clamp(0);
+    const shifted = matmul(matmul(tent(h, dy), k), tent(w, dx).transpose(0, 1)).clamp(0);
+    return shifted.div(sum(shifted).maximum(1e-30));
+  }));
 }
