@@ -21,3 +21,4 @@ export { em } from './em.js';
 export type { EmOptions, EmResult, EmParams, EStepContext, EStepResult, MStepContext, EmStepInfo } from './em.js';
 export { blurOperator, RELEASE_ESTEP, DEFAULT_KERNEL_DENOISER } from './deblur/deblur.js';
 export { recenterKernelTensor } from './deblur/recenter.js';
+export * as testing from './testing/gaussian-deblur.js';

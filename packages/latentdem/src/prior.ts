@@ -31,6 +31,8 @@ export interface LatentPrior {
   /** Image side over latent side (8 for SD). */
   readonly factor: number;
   readonly latentChannels: number;
+  /** Latent sides must be multiples of this (the UNet's 2^(levels-1): 8 for SD), so images of factor * latentMultiple. */
+  readonly latentMultiple: number;
   readonly backend: Backend;
   /** Noise prediction for diffusion-space latents z [N, C, h, w] at training timestep t (conditioning and CFG applied). */
   eps(z: Tensor, t: number): Tensor;
@@ -72,6 +74,7 @@ export function sdPrior(p: SdPriorParts): LatentPrior {
     name: p.name ?? 'sd',
     factor: p.vae.downsampleFactor,
     latentChannels: p.vae.latentChannels,
+    latentMultiple: 2 ** (p.unet.levels - 1),
     backend: p.context.backend,
     eps: (z, t) => (same ? model(z, t, p.context) : cfgEps(model, z, t, p.context, uncontext, scale)),
     decode: (z) => p.vae.decodeLatent(z),

@@ -9,68 +9,16 @@
  */
 import t from 'tap';
 import * as L from '@latentdem/tensor';
-import type { Backend, Tensor } from '@latentdem/tensor';
-import { trainSchedule } from '@latentdem/diffusion';
+import type { Tensor } from '@latentdem/tensor';
 import { testBackends } from '../../tensor/test/helpers.js';
 import { em } from '../src/em.js';
 import { deblur, type DeblurOptions } from '../src/deblur/deblur.js';
-import { blurCircular } from '../src/deblur/hqs.js';
 import { kernelMse } from '../src/deblur/metrics.js';
 import { recenterKernel, recenterKernelTensor } from '../src/deblur/recenter.js';
-import type { LatentPrior } from '../src/prior.js';
+import { GAUSS, gaussProblem, type GaussProblem } from '../src/testing/gaussian-deblur.js';
 import { isFullStep, releaseAnnealScale } from '../src/deblur/schedules.js';
 
-const N = 32, C = 3, KS = 7, SIGMA = 0.01, DECODER_GAIN = 0.5;
-const alphas = trainSchedule().alphasCumprod;
-
-/** Power spectrum 1 / (|f|^2 + 1) on an N x N grid, scaled to unit mean variance (an image-like Gaussian prior). */
-function spectrum(): Float32Array {
-  const s = new Float32Array(N * N); let m = 0;
-  for (let u = 0; u < N; u++) for (let v = 0; v < N; v++) {
-    const fu = Math.min(u, N - u), fv = Math.min(v, N - v);
-    s[u * N + v] = 1 / (fu * fu + fv * fv + 1); m += s[u * N + v];
-  }
-  for (let i = 0; i < s.length; i++) s[i] *= (N * N) / m;
-  return s;
-}
-
-interface GaussProblem { prior: LatentPrior; y: Tensor; kTrue: Float32Array; deltaMse: number }
-
-/**
- * z ~ N(0, Sigma) with Sigma diagonal in the Fourier basis (spectrum S), so the exact noise prediction is
- * eps(z_t) = sqrt(1 - a) F^-1[F(z_t) / (a S + 1 - a)]; decoder x = 0.5 z, encoder its inverse; y = k (*) x + 0.01 n
- * with k a Gaussian blur (std 1.2, 7 x 7). A symmetric kernel has a real spectrum, so it is identifiable under a
- * stationary Gaussian prior (only |K| is), which makes the recovered kernel a fair target.
- */
-function gaussProblem(backend: Backend): GaussProblem {
-  const S = L.tensor(spectrum(), { shape: [N, N], backend });
-  const eps = (z: Tensor, t: number): Tensor => {
-    const a = alphas[t];
-    const [zr, zi] = L.fft2(z);
-    const filt = S.mul(a).add(1 - a).reciprocal().mul(Math.sqrt(1 - a));
-    return L.ifft2(zr.mul(filt), zi.mul(filt))[0];
-  };
-  const prior: LatentPrior = {
-    name: 'gaussian', factor: 1, latentChannels: C, backend, eps,
-    decode: (z) => z.mul(DECODER_GAIN), encode: (x) => x.div(DECODER_GAIN), dispose: () => S.dispose(),
-  };
-  const y = L.tidy(() => {
-    const [wr, wi] = L.fft2(L.randn([C, N, N], { seed: 11, backend }));
-    const sq = S.sqrt();
-    const xTrue = L.ifft2(wr.mul(sq), wi.mul(sq))[0].mul(DECODER_GAIN);
-    const k = L.tensor(gaussKernel(), { shape: [KS, KS], backend });
-    return blurCircular(xTrue, k).add(L.randn([C, N, N], { seed: 12, backend }).mul(SIGMA));
-  });
-  const delta = new Float32Array(KS * KS); delta[(KS >> 1) * KS + (KS >> 1)] = 1;
-  return { prior, y, kTrue: gaussKernel(), deltaMse: kernelMse(delta, gaussKernel()) };
-}
-
-function gaussKernel(): Float32Array {
-  const k = new Float32Array(KS * KS); let s = 0; const c = KS >> 1;
-  for (let i = 0; i < KS; i++) for (let j = 0; j < KS; j++) { const v = Math.exp(-((i - c) ** 2 + (j - c) ** 2) / (2 * 1.2 * 1.2)); k[i * KS + j] = v; s += v; }
-  for (let i = 0; i < k.length; i++) k[i] /= s;
-  return k;
-}
+const { size: N, channels: C, kernelSize: KS, sigma: SIGMA } = GAUSS;
 
 async function runGauss(p: GaussProblem, o: Partial<DeblurOptions> = {}): Promise<{ kernel: Float32Array; image: Float32Array; mse: number; record: Awaited<ReturnType<typeof deblur>>['record'] }> {
   const r = await deblur({
@@ -107,7 +55,7 @@ t.test('closed-form blind deblurring: the EM recovers a blur kernel from a delta
     t.same(Array.from(again.image), Array.from(ok.image), `${backend.name}: same seed, same image, bit for bit`);
     const other = await runGauss(p, { seed: 2 });
     t.not(Array.from(other.image).join(), Array.from(ok.image).join(), 'another seed gives another sample');
-    p.y.dispose(); p.prior.dispose();
+    p.dispose();
   }
 });
 
@@ -146,7 +94,7 @@ t.test('em(): callback fields, skip schedule, anneal values, and the order of E 
     t.same(Array.from(await r.params.c.data()), [5]);
     r.z.dispose(); r.params.c.dispose();
   }
-  p.y.dispose(); p.prior.dispose();
+  p.dispose();
 });
 
 t.test('recenterKernelTensor equals the host recenterKernel on each backend', async (t) => {
@@ -177,6 +125,6 @@ t.test('deblur: bad inputs are named', async (t) => {
   }
   const odd = { ...p.prior, factor: 8 };
   const err = await deblur({ prior: odd, y: p.y.narrow(1, 0, 30), steps: 2, kernelSize: KS, kernelPrior: 'none' }).then(() => null, (e: Error) => e);
-  t.ok(err instanceof L.ShapeError && /multiple of the prior's factor 8/.test(err.message), `not a multiple of the factor: ${err?.message}`);
-  p.y.dispose(); p.prior.dispose();
+  t.ok(err instanceof L.ShapeError && /multiple of 8 \(the prior's factor 8/.test(err.message), `not a multiple of the factor: ${err?.message}`);
+  p.dispose();
 });

@@ -123,7 +123,8 @@ export async function deblur(o: DeblurOptions): Promise<DeblurResult> {
   if (y.rank !== 3 || y.shape[0] !== 3) throw new L.ShapeError(op, `needs a measurement [3, H, W] in [-1, 1], got [${y.shape}]`);
   const [, H, W] = y.shape;
   const f = prior.factor;
-  if (H % f !== 0 || W % f !== 0) throw new L.ShapeError(op, `the measurement's ${H}x${W} must be a multiple of the prior's factor ${f} (pad it: prepareMeasurement)`);
+  const m = f * (prior.latentMultiple ?? 1);
+  if (H % m !== 0 || W % m !== 0) throw new L.ShapeError(op, `the measurement's ${H}x${W} must be a multiple of ${m} (the prior's factor ${f} times its latent multiple ${prior.latentMultiple ?? 1}; pad it: prepareMeasurement)`);
   const ks = o.kernelSize ?? HQS_DEFAULTS.kernelSize;
   if (ks > H || ks > W) throw new L.ShapeError(op, `kernel size ${ks} exceeds the ${H}x${W} image`);
   const schedule = new Schedule({ steps: o.steps ?? 1000, eta: 0 });
