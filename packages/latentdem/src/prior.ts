@@ -65,6 +65,9 @@ export const RELEASE_GUIDANCE_SCALE = 7.5;
  * UNet pass is run instead of the release's two: same value, half the cost.
  */
 export function sdPrior(p: SdPriorParts): LatentPrior {
+  // The prior is fixed during sampling: frozen weights keep backward from computing (and allocating) weight gradients.
+  p.unet.requireGrad(false);
+  p.vae.requireGrad(false);
   const scale = p.guidanceScale ?? RELEASE_GUIDANCE_SCALE;
   const uncontext = p.uncontext ?? p.context;
   const same = uncontext === p.context;

@@ -15,7 +15,7 @@
  */
 import * as L from '@latentdem/tensor';
 import type { Tensor } from '@latentdem/tensor';
-import { resample, Schedule, type GuideContext } from '@latentdem/diffusion';
+import { resample, Schedule, type GuideContext, type ResampleOptions } from '@latentdem/diffusion';
 import type { LatentPrior } from '../prior.js';
 import { em, type EStepContext, type EmParams } from '../em.js';
 import { annealScale, isFullStep, type AnnealKind, type PaperAnnealOptions, type SkipGradientOptions } from './schedules.js';
@@ -55,6 +55,8 @@ export interface DeblurOptions {
   skip?: SkipGradientOptions | false;
   /** 'psld' (release, default) or 'resample'. */
   eStep?: 'psld' | 'resample';
+  /** ReSample settings (iterations, learning rates...; @latentdem/diffusion's RESAMPLE defaults) for eStep 'resample'. */
+  resample?: Partial<Omit<ResampleOptions, 'y' | 'forward' | 'decode' | 'encode'>>;
   /** Estimated kernel side (default 64). */
   kernelSize?: number;
   /** Measurement noise std in the units of y (release: 0.02 on the [-1, 1] image). */
@@ -166,7 +168,7 @@ export async function deblur(o: DeblurOptions): Promise<DeblurResult> {
   };
   const resampleStep = (ctx: EStepContext<{ kernel: Tensor }>) => {
     const A = blurOperator(ctx.params.kernel, [H, W]);
-    const guide = resample({ y: y4, forward: A, decode: prior.decode, encode: prior.encode, dpsScale: (s) => 0.5 * s.a * ctx.anneal, finalOptimization: false });
+    const guide = resample({ ...o.resample, y: y4, forward: A, decode: prior.decode, encode: prior.encode, dpsScale: (s) => 0.5 * s.a * ctx.anneal, finalOptimization: false });
     const gctx: GuideContext = { x: ctx.zt, eps: ctx.eps, x0: ctx.z0, xPrev: ctx.zPrev, step: ctx.step, schedule: ctx.schedule, generator: ctx.generator, grad: ctx.grad, denoise: ctx.denoise };
     const measurement = L.noGrad(() => frob(A(ctx.x0.detach()).sub(y4)));
     return { zPrev: guide(gctx), losses: { measurement } };
