@@ -2,6 +2,7 @@
  * The `latentdem` command: subcommand dispatch.
  *
  *   latentdem deblur IN.png --out OUT.png [...]    blind deblurring (see cli/deblur.ts; `latentdem deblur --help`)
+ *   latentdem eval-deblur [...]                    the evaluation tables (cli/eval-deblur.ts)
  *   latentdem help [COMMAND]                       this list, or a subcommand's usage
  *
  * Later subcommands (eval-deblur, demo, ...) register in COMMANDS. Exit codes: 0 ok, 1 error (one line on stderr; an unknown command also prints the command list).
@@ -9,6 +10,7 @@
  * `node --conditions=latentdem-src --import tsx packages/latentdem/src/cli/main.ts ...`.
  */
 import { DEBLUR_USAGE, deblurCommand } from './deblur.js';
+import { EVAL_DEBLUR_USAGE, evalDeblurCommand } from './eval-deblur.js';
 import { processIO, runIfScript } from './common.js';
 import type { CliIO } from './common.js';
 
@@ -16,6 +18,7 @@ interface Command { summary: string; usage: string; run(argv: readonly string[],
 
 export const COMMANDS: Record<string, Command> = {
   deblur: { summary: 'blind deblurring of a photo with LatentDEM (image, kernel, JSON record)', usage: DEBLUR_USAGE, run: deblurCommand },
+  'eval-deblur': { summary: 'the deblurring evaluation on ../shared/data/mstep-eval (tables of PSNR, SSIM, kernel MSE, MNC)', usage: EVAL_DEBLUR_USAGE, run: evalDeblurCommand },
 };
 
 export function usage(): string {
