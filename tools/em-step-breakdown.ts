@@ -121,7 +121,7 @@ for (let r = 0; r < runs; r++) {
   await mark('prior step (skipped: UNet fwd, no tape)', zSkip);
   zSkip.dispose();
   allRuns.push(phases);
-  process.stderr.write(`run ${r + 1}/${runs}: ${phases.map((p) => `${p.name} ${p.s.toFixed(1)}s`).join(', ')}\n`);
+  process.stderr.write(`run ${r + 1}/${runs}: ${phases.map((p) => `${p.name} ${p.s.toFixed(1)}s (GPU peak ${p.gpuPeakMiB.toFixed(0)} MiB)`).join(', ')}; peak RSS ${peakRssMiB().toFixed(0)} MiB\n`);
 }
 
 const last = allRuns[allRuns.length - 1];
@@ -137,7 +137,7 @@ mkdirSync(outDir, { recursive: true });
 writeFileSync(join(outDir, 'em-step.json'), JSON.stringify(result, null, 2));
 const md = [
   `# One LatentDEM EM step at ${size}x${size} (latent ${size / f}x${size / f}), SD 1.5 configs, ${backend.name}`, '',
-  `Weights ${weights}; load ${loadS.toFixed(1)} s; load average ${loadStart.toFixed(2)} at start, ${loadavg()[0].toFixed(2)} at end; peak RSS ${peakRssMiB().toFixed(0)} MiB. Run ${allRuns.length} of ${runs} (warm) below; run 1 in the JSON.`, '',
+  `Weights ${weights}; load ${loadS.toFixed(1)} s; load average ${loadStart.toFixed(2)} at start, ${loadavg()[0].toFixed(2)} at end; peak RSS ${peakRssMiB().toFixed(0)} MiB. The table is run ${allRuns.length} of ${runs} (run 1 is cold: its pipelines compile); every run is in the JSON.`, '',
   '| phase | s | share of the full step | GPU peak MiB (phase) | RSS after MiB |', '|---|---|---|---|---|',
   ...last.map((p) => `| ${p.name} | ${p.s.toFixed(2)} | ${p.name.startsWith('prior') ? '—' : `${((100 * p.s) / fullS).toFixed(0)} %`} | ${p.gpuPeakMiB.toFixed(0)} | ${p.rssMiB.toFixed(0)} |`),
   `| **full E+M step** | **${fullS.toFixed(1)}** | 100 % | | |`, '',
