@@ -17,7 +17,7 @@ import * as L from '@latentdem/tensor';
 import type { Tensor } from '@latentdem/tensor';
 import { resample, Schedule, type GuideContext, type ResampleOptions } from '@latentdem/diffusion';
 import type { LatentPrior } from '../prior.js';
-import { em, type EStepContext, type EmParams } from '../em.js';
+import { em, type EStepContext, type EmParams, type EmStepInfo } from '../em.js';
 import { annealScale, isFullStep, type AnnealKind, type PaperAnnealOptions, type SkipGradientOptions } from './schedules.js';
 import { estimateKernel, HQS_DEFAULTS, type HqsOptions, type KernelPrior } from './hqs.js';
 import { recenterKernelTensor } from './recenter.js';
@@ -61,7 +61,7 @@ export interface DeblurOptions {
   kernelSize?: number;
   /** Measurement noise std in the units of y (release: 0.02 on the [-1, 1] image). */
   sigma?: number;
-  /** The M-step's kernel prior: 'dncnn' (latentdem's trained denoiser, default), 'release' needs a loaded FDnCNN passed as a function, 'none'. */
+  /** The M-step's kernel prior: 'dncnn' (latentdem's trained denoiser, default), 'none', or a KernelPrior (e.g. the release's FDnCNN through dncnnPrior). */
   kernelPrior?: 'dncnn' | 'none' | KernelPrior;
   /** Re-centring after each M-step: 'origin' (default), 'release', or false. */
   recenter?: 'origin' | 'release' | false;
@@ -81,24 +81,10 @@ export interface DeblurOptions {
   onStep?: (s: DeblurStep) => void | Promise<void>;
 }
 
-export interface DeblurStep {
-  /** 0-based step number and the number of steps. */
-  i: number;
-  steps: number;
-  /** DDIM index (steps-1 .. 0) and training timestep. */
-  index: number;
-  t: number;
-  /** true when this step ran the E+M step, false for a plain prior step (skip-gradient). */
-  full: boolean;
-  zt: Tensor;
-  z0: Tensor;
-  /** The decoded Tweedie image [1, 3, H, W] in about [-1, 1] when this step decoded it, else null. */
-  x0: Tensor | null;
+/** What `onStep` sees: em()'s step information, with the kernel in place of the parameter record. */
+export interface DeblurStep extends Omit<EmStepInfo<{ kernel: Tensor }>, 'params' | 'mStepSeconds' | 'losses'> {
   kernel: Tensor;
-  anneal: number;
   losses: { measurement?: number; gluing?: number };
-  /** Wall seconds of this step. */
-  seconds: number;
 }
 
 export interface DeblurStepRecord { i: number; index: number; t: number; full: boolean; measurement?: number; gluing?: number; seconds: number }
@@ -199,7 +185,8 @@ export async function deblur(o: DeblurOptions): Promise<DeblurResult> {
       records.push({ i: s.i, index: s.index, t: s.t, full: s.full, ...s.losses, seconds: s.seconds });
       if (s.full) { seconds.full += s.seconds; seconds.mStep += s.mStepSeconds; } else seconds.prior += s.seconds;
       if (o.onStep) {
-        await o.onStep({ i: s.i, steps: s.steps, index: s.index, t: s.t, full: s.full, zt: s.zt, z0: s.z0, x0: s.x0, kernel: s.params.kernel, anneal: s.anneal, losses: s.losses, seconds: s.seconds });
+        const { params, mStepSeconds: _m, ...rest } = s;
+        await o.onStep({ ...rest, kernel: params.kernel });
       }
     },
   });
