@@ -29,7 +29,7 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { readImage, ready, tensor, tidy, type Tensor } from '@latentdem/tensor';
-import { loadTorchCheckpoint } from '@latentdem/nn';
+import { SafetensorsFile, loadTorchCheckpoint } from '@latentdem/nn';
 import {
   blurCircular, DnCNN, dncnnPrior, estimateKernel, HQS_DEFAULTS, KERNEL_DNCNN_LAMBDA, kernelMse, loadDnCNN, mnc, motionKernelData, pairNoise,
   portableUniform, RELEASE_FDNCNN, type HqsOptions, type KernelPrior,
@@ -63,17 +63,6 @@ const offset = num('offset', 0);
 const limit = Math.min(nPairs - offset, num('limit', nPairs - offset));
 
 /** F32 tensor `name` of a safetensors file (header: u64 length, JSON; data little-endian). */
-function readSafetensorF32(path: string, name: string): { data: Float32Array; shape: number[] } {
-  const buf = readFileSync(path);
-  const hlen = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + hlen).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
-  const e = header[name];
-  if (!e || e.dtype !== 'F32') throw new Error(`eval-mstep: ${path} has no F32 tensor '${name}'`);
-  const start = 8 + hlen + e.data_offsets[0]; const bytes = e.data_offsets[1] - e.data_offsets[0];
-  const data = new Float32Array(bytes / 4);
-  for (let i = 0; i < data.length; i++) data[i] = buf.readFloatLE(start + 4 * i);
-  return { data, shape: e.shape };
-}
 
 /** The first `limit` pair indices of a seeded Fisher-Yates shuffle (all pairs in order when limit = n). */
 function subset(n: number, count: number, seed: number, offset = 0): number[] {
@@ -118,7 +107,9 @@ if (denoiserModule) {
 if (!methods.length) throw new Error('eval-mstep: no methods');
 
 
-const kernels = readSafetensorF32(join(dataDir, 'kernels.safetensors'), 'kernels');
+const kernelFile = await SafetensorsFile.open(join(dataDir, 'kernels.safetensors'));
+const kernels = { data: (await kernelFile.readHost('kernels')) as Float32Array, shape: kernelFile.entries.get('kernels')!.shape };
+await kernelFile.close();
 const ks = kernels.shape[1];
 const sigmas = pairsJson.noise_levels;
 

@@ -14,7 +14,7 @@
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { LatentdemError, initBackend, noGrad, tensor, tidy, zeros } from '@latentdem/tensor';
+import { LatentdemError, initBackend, noGrad, tidy, zeros } from '@latentdem/tensor';
 import type { Backend, BackendName, Generator, Tensor } from '@latentdem/tensor';
 import { SafetensorsFile, loadWeights, withoutInit } from '@latentdem/nn';
 import {
@@ -204,9 +204,4 @@ export async function loadPrior(spec: string, o: LoadPriorOptions = {}): Promise
   } finally {
     for (const f of files.values()) await f.close();
   }
-}
-
-/** A tensor copy of `data` on the prior's backend (helper for callers building measurements). */
-export function onPrior(prior: LatentPrior, data: Float32Array, shape: readonly number[]): Tensor {
-  return tensor(data, { shape, backend: prior.backend });
 }

@@ -54,7 +54,7 @@ import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } fr
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initBackend, readImage, ready, tensor, tidy, type Backend, type Tensor } from '@latentdem/tensor';
-import { loadTorchCheckpoint } from '@latentdem/nn';
+import { SafetensorsFile, loadTorchCheckpoint } from '@latentdem/nn';
 import { blindDeconvolveTV, deconvolveTV } from '../deblur/classical.js';
 import { blurCircular, estimateKernel, HQS_DEFAULTS, type KernelPrior } from '../deblur/hqs.js';
 import { DnCNN, dncnnPrior, KERNEL_DNCNN_LAMBDA, loadDnCNN, RELEASE_FDNCNN } from '../deblur/dncnn.js';
@@ -81,24 +81,16 @@ export interface EvalData { dir: string; json: PairsJson; kernels: Float32Array;
 export interface PairData { id: number; x: Tensor; xData: Float32Array; kTrue: Float32Array; noise: Float32Array; imageFile: string }
 
 /** F32 tensor `name` of a safetensors file (header: u64 length, JSON; data little-endian). */
-function readSafetensorF32(path: string, name: string): { data: Float32Array; shape: number[] } {
-  const buf = readFileSync(path);
-  const hlen = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + hlen).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
-  const e = header[name];
-  if (!e || e.dtype !== 'F32') throw new Error(`eval-deblur: ${path} has no F32 tensor '${name}'`);
-  const start = 8 + hlen + e.data_offsets[0]; const bytes = e.data_offsets[1] - e.data_offsets[0];
-  const data = new Float32Array(bytes / 4);
-  for (let i = 0; i < data.length; i++) data[i] = buf.readFloatLE(start + 4 * i);
-  return { data, shape: e.shape };
-}
-
 /** Reads pairs.json and the kernels next to it. */
-export function loadEvalData(pairsFile: string): EvalData {
+export async function loadEvalData(pairsFile: string): Promise<EvalData> {
   const dir = dirname(resolve(pairsFile));
   const json = JSON.parse(readFileSync(resolve(pairsFile), 'utf8')) as PairsJson;
-  const k = readSafetensorF32(join(dir, 'kernels.safetensors'), 'kernels');
-  return { dir, json, kernels: k.data, ks: k.shape[1], count: json.pairs.length };
+  const f = await SafetensorsFile.open(join(dir, 'kernels.safetensors'));
+  try {
+    const kernels = await f.readHost('kernels');
+    if (!(kernels instanceof Float32Array)) throw new CliError(`${f.path}: 'kernels' is not a float tensor`);
+    return { dir, json, kernels, ks: f.entries.get('kernels')!.shape[1], count: json.pairs.length };
+  } finally { await f.close(); }
 }
 
 /**
@@ -266,7 +258,7 @@ async function evalDeblur(argv: string[], io: CliIO): Promise<void> {
   const pairsFile = resolve(opt('pairs') ?? join(repoRoot, '../shared/data/mstep-eval/pairs.json'));
   if (!existsSync(pairsFile)) throw new CliError(`--pairs ${pairsFile}: no such file`);
   const outDir = resolve(opt('out') ?? join(repoRoot, 'bench-results'));
-  const data = loadEvalData(pairsFile);
+  const data = await loadEvalData(pairsFile);
   const sigmas = (opt('sigma') ?? data.json.noise_levels.join(',')).split(',').filter((s) => s).map(Number);
   if (!sigmas.length || sigmas.some((s) => !(s >= 0))) throw new CliError(`bad --sigma '${opt('sigma')}'`);
   const offset = num('offset', 0);
