@@ -43,7 +43,12 @@ export interface UnaryArgs { min?: number; max?: number }
 export type BinaryOp =
   | 'add' | 'sub' | 'mul' | 'div' | 'pow' | 'maximum' | 'minimum'
   // comparisons write 1 or 0 in the output dtype (float32)
-  | 'eq' | 'ne' | 'lt' | 'le' | 'gt' | 'ge';
+  | 'eq' | 'ne' | 'lt' | 'le' | 'gt' | 'ge'
+  // fused pairs (float32 only): silu(a + b), and GEGLU's a * gelu_erf(b) (value * gate)
+  | 'add_silu' | 'geglu';
+
+/** Activation fused after a normalization. */
+export type NormAct = 'none' | 'silu';
 
 /** sum/max/min write the input dtype; argmax writes int32 (first index of the maximum). */
 export type ReduceOp = 'sum' | 'max' | 'min' | 'argmax';
@@ -106,10 +111,15 @@ export interface Backend {
    * elements are rejected above this line.
    */
   reduce(op: ReduceOp, x: View, reducedRank: number, out: Storage): void;
-  /** Batched matmul: a [B,M,K], b [B,K,N] (any strides, batch stride may be 0) -> out [B,M,N]. */
-  matmul(a: View, b: View, out: Storage): void;
+  /**
+   * Batched matmul: a [B,M,K], b [B,K,N] (any strides, batch stride may be 0) -> out [B,M,N], with an optional
+   * epilogue applied as each output is stored: out = act(a @ b + bias[n]).
+   */
+  matmul(a: View, b: View, out: Storage, epilogue?: MatmulEpilogue): void;
   /** x [N,C,H,W], w [O,C/groups,kh,kw] -> out [N,O,Ho,Wo]; cross-correlation as in PyTorch. */
   conv2d(x: View, w: View, p: Conv2dParams, out: Storage): void;
+  /** conv2d's weight gradient: x [N,C,H,W], g [N,O,Ho,Wo] (the output gradient) -> out [O,C/groups,kh,kw]. */
+  conv2dWeightGrad(x: View, g: View, p: Conv2dParams, kernel: [number, number], out: Storage): void;
   /**
    * 2D discrete Fourier transform over the last two axes of complex data (re, im of equal shape
    * [..., H, W]), batched over the leading axes. Forward: sum x e^{-2 pi i k n / N}; inverse: sum x
@@ -118,10 +128,36 @@ export interface Backend {
   fft2(re: View, im: View, inverse: boolean, outRe: Storage, outIm: Storage): void;
   /** Fills the first `size` elements of `out` from the Philox stream (float32). */
   random(p: RandomParams, out: Storage): void;
+  /**
+   * Fused GroupNorm (norm.ts in each backend): x [N, C, ...] (any strides) in `groups` groups of C/groups
+   * channels; per (n, group) the mean and biased variance, y = (x - mean) * rstd * weight[c] + bias[c]
+   * (weight, bias: [C] views, or null for none), then `act`. out: contiguous in x's shape; stats: contiguous
+   * [N, groups, 2] holding (mean, rstd) with rstd = 1 / sqrt(var + eps), for the backward.
+   */
+  groupNorm(x: View, groups: number, weight: View | null, bias: View | null, eps: number, act: NormAct, out: Storage, stats: Storage): void;
+  /**
+   * Backward of `groupNorm` from its saved stats: dy contiguous in x's shape; with z = xhat * weight + bias and
+   * dz = dy * act'(z): dx = rstd * (dz w - mean_group(dz w) - xhat * mean_group(dz w xhat)) (skipped when dx
+   * is null); dwdb: contiguous [2, C] = (sum dz * xhat, sum dz) over the batch and spatial axes.
+   */
+  groupNormBackward(x: View, dy: View, stats: View, groups: number, weight: View | null, bias: View | null, act: NormAct, dx: Storage | null, dwdb: Storage): void;
+
+  /**
+   * Fused attention (flash-attention): q [B,Lq,d], k [B,Lk,d], v [B,Lk,dv] (any strides, batch stride may
+   * be 0) -> out [B,Lq,dv] = softmax(q k^T * scale) v and lse [B,Lq] = the rows' logsumexp of the scaled
+   * scores (kept for the backward); the Lq x Lk scores need not exist at once. The backward takes out, lse
+   * and dout ([B,Lq,dv]) and writes dq, dk, dv (contiguous, shaped as q, k, v with batch B), using
+   * D = rowsum(dout * out) and dS = P * (dP - D).
+   */
+  attention(q: View, k: View, v: View, scale: number, out: Storage, lse: Storage): void;
+  attentionBackward(q: View, k: View, v: View, out: View, lse: View, dout: View, scale: number, dq: Storage, dk: Storage, dv: Storage): void;
 
   /** Name of the kernel the last call ran (for the op trace). */
   readonly lastKernel: string;
 }
+
+/** What a matmul applies to each output before storing it: bias [N] (any stride) per column, then an activation. */
+export interface MatmulEpilogue { bias?: View | null; act?: 'none' | 'silu' | 'gelu' }
 
 export const numelOf = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
 

@@ -9,7 +9,7 @@ export { noGrad, isGradEnabled } from './autodiff.js';
 export { tidy, keep } from './memory.js';
 export { memory, resetPeakMemory } from './stats.js';
 export type { MemoryStats } from './stats.js';
-export { ready, setBackend, initBackend, getBackend, defaultBackend } from './runtime.js';
+export { ready, setBackend, initBackend, getBackend, defaultBackend, tuneWebGpu, webGpuTuningFile } from './runtime.js';
 export { trace, startTrace, stopTrace, stopTraceTimed, traceToChrome } from './trace.js';
 export type { TraceEvent } from './trace.js';
 export { toPng, fromPng, readImage, writeImage } from './image.js';

@@ -77,3 +77,23 @@ export function getBackend(name?: BackendName | Backend): Backend {
 }
 
 export function initializedBackends(): Backend[] { return [...backends.values()]; }
+
+/**
+ * Times the webgpu backend's GEMM tiles and conv2d algorithms on this adapter and caches the choice on disk
+ * (backends/webgpu/tuning.ts); later processes read it. Resolves to the cache file's path and the choice.
+ */
+export async function tuneWebGpu(opts: { runs?: number; log?: (line: string) => void; save?: boolean } = {}): Promise<{ path: string | null; tuning: unknown }> {
+  const b = await initBackend('webgpu');
+  const { tune } = await import('./backends/webgpu/tune.js');
+  return tune((b as unknown as { ctx: import('./backends/webgpu/context.js').GpuContext }).ctx, opts);
+}
+
+/** Where the webgpu tuning cache for this adapter lives and whether it exists (null without an adapter). */
+export async function webGpuTuningFile(): Promise<{ path: string; exists: boolean } | null> {
+  let b: Backend;
+  try { b = await initBackend('webgpu'); } catch { return null; }
+  const { tuningPath } = await import('./backends/webgpu/tuning.js');
+  const { existsSync } = await import('node:fs');
+  const path = tuningPath((b as unknown as { ctx: import('./backends/webgpu/context.js').GpuContext }).ctx);
+  return { path, exists: existsSync(path) };
+}

@@ -4,6 +4,8 @@ import * as L from '../src/index.js';
 import { close, gradCheck, hostRandom, on, testBackends } from './helpers.js';
 
 const backends = await testBackends();
+// These cases test the composite path (masked attention, and what unmasked attention was before the fused kernel).
+L.attentionTuning.fused = false;
 const fullBudget = L.attentionTuning.maxScoreBytes;
 
 /** Runs f with the score budget set so that `rows` query rows fit per chunk for a [batch, *, lk] score. */

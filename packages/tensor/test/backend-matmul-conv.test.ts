@@ -9,10 +9,11 @@ import type { Conv2dParams, View } from '../src/backend.js';
 import { contiguousStrides } from '../src/backend.js';
 import { CpuStorage } from '../src/backends/cpu/storage.js';
 import { matmul as cpuMatmul } from '../src/backends/cpu/matmul.js';
-import { conv2d as cpuConv2d } from '../src/backends/cpu/conv2d.js';
+import { conv2d as cpuConv2d, conv2dWeightGrad as cpuConv2dWeightGrad } from '../src/backends/cpu/conv2d.js';
 import { GpuContext, GpuStorage } from '../src/backends/webgpu/context.js';
 import { matmul as gpuMatmul } from '../src/backends/webgpu/matmul.js';
-import { conv2d as gpuConv2d } from '../src/backends/webgpu/conv2d.js';
+import { conv2d as gpuConv2d, conv2dWeightGrad as gpuConv2dWeightGrad, convChoice } from '../src/backends/webgpu/conv2d.js';
+import { WINOGRAD_MATRICES } from '../src/backends/webgpu/winograd.js';
 
 // ---------- helpers ----------
 
@@ -211,7 +212,9 @@ const MM_CASES: MmCase[] = [
   { name: 'aligned 32x64 @ 64x48 (fast path)', batch: 2, m: 32, k: 64, n: 48 },
   { name: '33x20 @ 20x70, row-broadcast A', batch: 3, m: 33, k: 20, n: 70, a: broadcast(1) },
   { name: '17x36 @ 36x40, broadcast B', batch: 3, m: 17, k: 36, n: 40, b: broadcast(2) },
-  { name: '40x24 @ transposed 24x36 (x.matmul(w.T))', batch: 2, m: 40, k: 24, n: 36, b: transposed(2) },
+  { name: '40x24 @ transposed 24x36 (x.matmul(w.T), read in place)', batch: 2, m: 40, k: 24, n: 36, b: transposed(2) },
+  { name: '30x20 @ transposed 20x13 (in place, N not a multiple of 4)', batch: 3, m: 30, k: 20, n: 13, b: transposed(3) },
+  { name: '9x12 @ transposed 12x6 (in place, one B^T shared across the batch)', batch: 2, m: 9, k: 12, n: 6, b: (b, r, c) => { const d = rand(r * c, 4); return [d, cpuView(d, [b, r, c], [0, 1, r])]; } },
   { name: 'transposed A 19x11 @ 11x9', batch: 2, m: 19, k: 11, n: 9, a: transposed(1) },
   { name: 'non-contiguous batch slices 9x10 @ 10x12', batch: 3, m: 9, k: 10, n: 12, a: strided(1), b: strided(2) },
   { name: 'flipped views 6x8 @ 8x8', batch: 2, m: 6, k: 8, n: 8, a: flipped(1), b: flipped(2) },
@@ -303,5 +306,88 @@ t.test('conv2d webgpu equals cpu and the naive loop (stride/padding/dilation/gro
     const k = c.w[1] * c.w[2] * c.w[3];
     t.equal(close(got, cpuOut.data, 1e-5 * Math.max(1, Math.sqrt(k))), null, `webgpu: ${label}`);
     ctx.free(gx); ctx.free(gw); ctx.free(out);
+  }
+});
+
+t.test('winograd transform matrices satisfy the bilinear identity of F(m x m, 3 x 3) exactly (float64)', async (t) => {
+  for (const m of [2, 4] as const) {
+    const { AT, G, BT } = WINOGRAD_MATRICES[m];
+    let worst = 0;
+    // y_i = sum_k g_k d_{i+k} for every g, d  <=>  sum_j AT[i][j] G[j][k] BT[j][l] = [l == i + k].
+    for (let i = 0; i < m; i++) for (let k = 0; k < 3; k++) for (let l = 0; l < m + 2; l++) {
+      let s = 0;
+      for (let j = 0; j < m + 2; j++) s += AT[i][j] * G[j][k] * BT[j][l];
+      worst = Math.max(worst, Math.abs(s - (l === i + k ? 1 : 0)));
+    }
+    t.ok(worst < 1e-12, `F(${m}x${m},3x3): worst identity residual ${worst.toExponential(2)}`);
+  }
+});
+
+// Winograd serves 3x3 stride-1 ungrouped convs: odd sizes (partial edge tiles), every padding, strided input and
+// weight views, tile chunks (a small chunkBytes), tiles smaller than one GEMM column block, SD-like widths.
+const WINO_CASES: ConvCase[] = [
+  { x: [2, 20, 13, 11], w: [24, 20, 3, 3], p: { padding: [1, 1] } },
+  { x: [1, 16, 9, 10], w: [17, 16, 3, 3], p: { padding: [0, 0] } },
+  { x: [1, 18, 5, 6], w: [16, 18, 3, 3], p: { padding: [2, 1] } },
+  { x: [1, 16, 7, 6], w: [16, 16, 3, 3], p: { padding: [1, 1] }, xLayout: 'nhwc' },
+  { x: [1, 16, 6, 6], w: [20, 16, 3, 3], p: { padding: [1, 1] }, wLayout: 'flip' },
+  { x: [3, 16, 12, 11], w: [16, 16, 3, 3], p: { padding: [1, 1] }, chunk: 36 * 16 * 4 * 8 },
+  { x: [2, 1, 4, 4], w: [3, 1, 3, 3], p: { padding: [1, 1] } },
+  { x: [1, 128, 32, 32], w: [64, 128, 3, 3], p: { padding: [1, 1] } },
+];
+
+t.test('conv2d webgpu Winograd F(2x2) and F(4x4) equal the cpu reference; the trace names the algorithm', { skip: gpuSkip }, async (t) => {
+  const ctx = gpuCtx!;
+  try {
+    for (const algo of ['winograd2', 'winograd4'] as const) {
+      convChoice.algorithm = algo;
+      for (const c of WINO_CASES) {
+        const p: Conv2dParams = { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1, ...c.p };
+        const xd = rand(numel(c.x), 21), wd = rand(numel(c.w), 22);
+        const [, C, H, W] = c.x;
+        const xv = c.xLayout === 'nhwc' ? cpuView(xd, c.x, [H * W * C, 1, W * C, C]) : cpuView(xd, c.x);
+        const [, Cg, kh, kw] = c.w;
+        const wv = c.wLayout === 'flip' ? cpuView(wd, c.w, [Cg * kh * kw, kh * kw, -kw, -1], kh * kw - 1) : cpuView(wd, c.w);
+        const want = new CpuStorage('float32', new Float32Array(numel([c.x[0], c.w[0], H + 2 * p.padding[0] - 2, W + 2 * p.padding[1] - 2])));
+        cpuConv2d(xv, wv, p, want);
+        const gx = upload(ctx, xd), gw = upload(ctx, wd), out = ctx.alloc(want.data.length, 'float32');
+        ctx.writeBuffer(out.buffer, new Float32Array(want.data.length).fill(NaN));
+        gpuConv2d(ctx, onGpu(xv, gx), onGpu(wv, gw), p, out, c.chunk);
+        t.equal(ctx.lastKernel, `conv2d.${algo}`, `${algo} ran for x ${c.x}`);
+        const got = await download(ctx, out, want.data.length);
+        // F(4x4)'s transforms scale values by up to ~10 before the GEMM: a few more float32 roundings than im2col.
+        const k = C * 9;
+        t.equal(close(got, want.data, (algo === 'winograd4' ? 4e-5 : 1e-5) * Math.sqrt(k)), null, `${algo}: x ${c.x} w ${c.w} ${JSON.stringify(c.p)}${c.xLayout ?? ''}${c.wLayout ?? ''}${c.chunk ? ' chunk ' + c.chunk : ''}`);
+        ctx.free(gx); ctx.free(gw); ctx.free(out);
+      }
+    }
+  } finally {
+    convChoice.algorithm = 'auto';
+  }
+});
+
+t.test('conv2d weight gradient webgpu equals cpu, with chunks over images and over positions', { skip: gpuSkip }, async (t) => {
+  const ctx = gpuCtx!;
+  const cases: { x: number[]; o: number; k: [number, number]; p: Partial<Conv2dParams>; chunk?: number }[] = [
+    { x: [3, 4, 12, 11], o: 5, k: [3, 3], p: { padding: [1, 1] } },
+    { x: [3, 4, 12, 11], o: 5, k: [3, 3], p: { padding: [1, 1] }, chunk: 4096 },            // positions chunked
+    { x: [3, 4, 6, 6], o: 6, k: [3, 3], p: { padding: [1, 1], groups: 2 }, chunk: 2 * 36 * 20 * 4 }, // images chunked, groups
+    { x: [2, 6, 9, 8], o: 4, k: [2, 3], p: { stride: [2, 1], dilation: [1, 2], padding: [0, 2] } },
+  ];
+  for (const c of cases) {
+    const p: Conv2dParams = { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1, ...c.p };
+    const [N, C, H, W] = c.x;
+    const Ho = Math.floor((H + 2 * p.padding[0] - p.dilation[0] * (c.k[0] - 1) - 1) / p.stride[0]) + 1;
+    const Wo = Math.floor((W + 2 * p.padding[1] - p.dilation[1] * (c.k[1] - 1) - 1) / p.stride[1]) + 1;
+    const xd = rand(numel(c.x), 31), gd = rand(N * c.o * Ho * Wo, 32);
+    const xv = cpuView(xd, c.x), gv = cpuView(gd, [N, c.o, Ho, Wo]);
+    const want = new CpuStorage('float32', new Float32Array(c.o * (C / p.groups) * c.k[0] * c.k[1]));
+    cpuConv2dWeightGrad(xv, gv, p, c.k, want);
+    const gx = upload(ctx, xd), gg = upload(ctx, gd), out = ctx.alloc(want.data.length, 'float32');
+    ctx.writeBuffer(out.buffer, new Float32Array(want.data.length).fill(NaN));
+    gpuConv2dWeightGrad(ctx, onGpu(xv, gx), onGpu(gv, gg), p, c.k, out, c.chunk);
+    const got = await download(ctx, out, want.data.length);
+    t.equal(close(got, want.data, 1e-5 * Math.sqrt(N * Ho * Wo)), null, `x ${c.x} o ${c.o} k ${c.k} ${JSON.stringify(c.p)}${c.chunk ? ' chunk ' + c.chunk : ''}`);
+    ctx.free(gx); ctx.free(gg); ctx.free(out);
   }
 });

@@ -94,8 +94,8 @@ export function checkDDConfig(op: string, dd: AutoencoderDDConfig): void {
   }
 }
 
-/** `nonlinearity` (model.py:33, x * sigmoid(x)) after Normalize. */
-const normAct = (norm: GroupNorm, x: Tensor): Tensor => norm.forward(x).silu();
+/** `nonlinearity` (model.py:33, x * sigmoid(x)) after Normalize, fused into the GroupNorm kernel. */
+const normAct = (norm: GroupNorm, x: Tensor): Tensor => norm.forwardSilu(x);
 const normalize = (c: number, o: ModelInitOptions): GroupNorm => new GroupNorm(NORM_GROUPS, c, { eps: NORM_EPS, backend: o.backend });
 const conv = (cin: number, cout: number, k: number, o: ModelInitOptions, extra: { stride?: number; padding?: number } = {}): Conv2d =>
   new Conv2d(cin, cout, k, { padding: k === 3 ? 1 : 0, ...extra, backend: o.backend, generator: o.generator });

@@ -7,7 +7,7 @@
  * Under noGrad each block frees its intermediates as it goes (tidyUnlessRecording); with gradient recording on
  * they stay for the tape and the caller's tidy frees them.
  */
-import { ShapeError, avgPool2d, checkpoint, concat, cos, fmtShape, sin, tensor, upsample, scaledDotProductAttention, tidyUnlessRecording } from '@latentdem/tensor';
+import { ShapeError, avgPool2d, checkpoint, concat, cos, fmtShape, geglu, sin, tensor, upsample, scaledDotProductAttention, tidyUnlessRecording } from '@latentdem/tensor';
 import type { Backend, BackendName, Generator, Tensor } from '@latentdem/tensor';
 import { Conv2d, Dropout, GroupNorm, Identity, LayerNorm, Linear, Module, ModuleList, Sequential, SiLU } from '@latentdem/nn';
 import type { TensorModule } from '@latentdem/nn';
@@ -174,6 +174,18 @@ export function timestepEmbedding(timesteps: Tensor | number | readonly number[]
 /** normalization(channels) (util.py:199-205): GroupNorm32(32, channels), torch's default eps 1e-5. */
 const normalization = (ch: number, o: BackendOption): GroupNorm => new GroupNorm(32, ch, { backend: o.backend });
 
+/**
+ * Runs a Sequential that starts [GroupNorm, SiLU, ...] with those two fused into one kernel
+ * (GroupNorm.forwardSilu); the modules, and so the checkpoint keys, stay as in the original.
+ */
+function normSiluThen(seq: Sequential, x: Tensor): Tensor {
+  const norm = seq.at(0);
+  if (seq.length < 2 || !(norm instanceof GroupNorm) || !(seq.at(1) instanceof SiLU)) return seq.forward(x);
+  let h = norm.forwardSilu(x);
+  for (let i = 2; i < seq.length; i++) h = seq.at(i).forward(h);
+  return h;
+}
+
 /** ResBlock without up/down and scale-shift (openaimodel.py:163-275): keys in_layers, emb_layers, out_layers, skip_connection. */
 export class ResBlock extends Module {
   readonly in_layers: Sequential;
@@ -193,9 +205,9 @@ export class ResBlock extends Module {
   }
   forward(x: Tensor, emb: Tensor): Tensor {
     const body = (x: Tensor, emb: Tensor): Tensor => tidyUnlessRecording(() => {
-      const h = this.in_layers.forward(x);
+      const h = normSiluThen(this.in_layers, x);
       const e = this.emb_layers.forward(emb);
-      return this.skip_connection.forward(x).add(this.out_layers.forward(h.add(e.reshape([e.shape[0], e.shape[1], 1, 1]))));
+      return this.skip_connection.forward(x).add(normSiluThen(this.out_layers, h.add(e.reshape([e.shape[0], e.shape[1], 1, 1]))));
     });
     if (!this.useCheckpoint || (this.training && this.dropout > 0)) return body(x, emb);
     return checkpoint(body, [x, emb], this.parameters());
@@ -262,9 +274,8 @@ export class GEGLU extends Module {
     this.proj = this.registerModule('proj', new Linear(dimIn, dimOut * 2, o));
   }
   forward(x: Tensor): Tensor {
-    const p = this.proj.forward(x);
-    const k = p.rank - 1;
-    return p.narrow(k, 0, this.dimOut).mul(p.narrow(k, this.dimOut, this.dimOut).gelu('none'));
+    // One fused kernel for value * gelu(gate) over the two halves of the projection.
+    return geglu(this.proj.forward(x));
   }
 }
 
@@ -479,6 +490,6 @@ export class UNet extends Module {
       hcur = block.forward(concat([hcur, hs.pop()!], 1), emb, context);
       tap?.(`output_block${i++}`, hcur);
     }
-    return this.out.forward(hcur);
+    return normSiluThen(this.out, hcur);
   }
 }

@@ -1,8 +1,7 @@
 /** Linear: y = x W^T + b over the last axis (torch.nn.Linear). */
-import type { Tensor } from '@latentdem/tensor';
+import { linear, type Tensor } from '@latentdem/tensor';
 import { Module, required } from '../module.js';
 import { defaultLinearInit } from '../init.js';
-import { composite } from './composite.js';
 import type { InitOptions } from '../init.js';
 
 export interface LinearOptions extends InitOptions { bias?: boolean }
@@ -19,11 +18,6 @@ export class Linear extends Module {
   /** [out] or null */
   get bias(): Tensor | null { return this.getParameter('bias'); }
 
-  forward(x: Tensor): Tensor {
-    const w = this.weight; const b = this.bias;
-    return composite([x, w, b], () => {
-      const y = x.matmul(w.transpose());
-      return b ? y.add(b) : y;
-    });
-  }
+  /** x @ weight^T + bias in one GEMM (the bias is added by the GEMM's epilogue). */
+  forward(x: Tensor): Tensor { return linear(x, this.weight, this.bias); }
 }

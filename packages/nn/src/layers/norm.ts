@@ -1,5 +1,5 @@
 /** GroupNorm, LayerNorm and BatchNorm2d (PyTorch semantics; affine weight ones, bias zeros). */
-import { full, groupNorm, layerNorm, noGrad, ones, tidy, zeros } from '@latentdem/tensor';
+import { full, groupNorm, groupNormSilu, layerNorm, noGrad, ones, tidy, zeros } from '@latentdem/tensor';
 import type { Tensor } from '@latentdem/tensor';
 import { Module, required } from '../module.js';
 import type { InitOptions } from '../init.js';
@@ -21,6 +21,8 @@ export class GroupNorm extends Module {
   get weight(): Tensor | null { return this.getParameter('weight'); }
   get bias(): Tensor | null { return this.getParameter('bias'); }
   forward(x: Tensor): Tensor { return groupNorm(x, this.numGroups, this.weight, this.bias, this.eps); }
+  /** silu(forward(x)) in one fused kernel (for a GroupNorm followed by a SiLU, as in SD's UNet and VAE). */
+  forwardSilu(x: Tensor): Tensor { return groupNormSilu(x, this.numGroups, this.weight, this.bias, this.eps); }
 }
 
 export interface LayerNormOptions extends Pick<InitOptions, 'backend'> { eps?: number; elementwiseAffine?: boolean; bias?: boolean }

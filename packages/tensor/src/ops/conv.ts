@@ -73,31 +73,31 @@ function conv2dInputGrad(g: Tensor, w: Tensor, p: Conv2dParams, [h, wd]: [number
 }
 
 /**
- * Largest unfolded input (k*k copies of x) the weight gradient builds for its one-matmul path; above it the
- * gradient is a chunked conv2d instead (no k*k copy). Tests lower it to run both paths.
+ * Gradient of conv2d w.r.t. its weight: the backend's weight-gradient kernel (webgpu: im2col + GEMMs that
+ * accumulate over chunks; cpu: the loop reference). Higher-order gradients are not needed, so it records nothing.
  */
-export const convTuning = { unfoldMaxBytes: 64 * 1024 * 1024 };
-
-/** Gradient of conv2d w.r.t. its weight, per group. */
 function conv2dWeightGrad(x: Tensor, g: Tensor, p: Conv2dParams, [kh, kw]: [number, number]): Tensor {
+  const be = backendOf('conv2d', x, g);
+  const out = empty(be, [g.shape[1], x.shape[1] / p.groups, kh, kw], 'float32');
+  noGrad(() => {
+    const xc = contiguous(x); const gc = contiguous(g);
+    launch('conv2dWeightGrad', be, [x, g], [out], () => be.conv2dWeightGrad(xc, gc, p, [kh, kw], out.storage));
+    if (xc !== x) xc.dispose();
+    if (gc !== g) gc.dispose();
+  });
+  return out;
+}
+
+/**
+ * conv2d's weight gradient written as a conv2d of the input with the output gradient, per group: the reference
+ * the weight-gradient kernels are tested against.
+ */
+export function conv2dWeightGradComposite(x: Tensor, g: Tensor, opts: Conv2dOptions, [kh, kw]: [number, number]): Tensor {
+  const p = params('conv2dWeightGrad', opts);
   const groups = p.groups;
-  const [n, c] = x.shape;
-  const cg = c / groups;
+  const cg = x.shape[1] / groups;
   const og = g.shape[1] / groups;
-  const positions = g.shape[2] * g.shape[3];
   const parts: Tensor[] = [];
-  if (x.size * kh * kw * 4 <= convTuning.unfoldMaxBytes) {
-    // dW_g [Og, Cg*kh*kw] = g_g [Og, N*P] @ unfold(x)_g [N*P, Cg*kh*kw]: one GEMM with a long inner dimension.
-    const cols = stack(windowTaps(x, [kh, kw], p.stride, p.padding, p.dilation, 0), 2); // [N, C, kh*kw, Ho, Wo]
-    for (let gi = 0; gi < groups; gi++) {
-      const cgi = reshape(narrow(cols, 1, gi * cg, cg), [n, cg * kh * kw, positions]);
-      const ggi = reshape(narrow(g, 1, gi * og, og), [n, og, positions]);
-      const a = reshape(contiguous(permute(ggi, [1, 0, 2])), [og, n * positions]);
-      const b = reshape(contiguous(permute(cgi, [0, 2, 1])), [n * positions, cg * kh * kw]);
-      parts.push(reshape(matmul(a, b), [og, cg, kh, kw]));
-    }
-    return groups === 1 ? parts[0] : concat(parts, 0);
-  }
   for (let gi = 0; gi < groups; gi++) {
     // [C_g, N, H, W] as a batch of C_g images with N channels; [O_g, N, Ho, Wo] as O_g kernels.
     const xs = permute(narrow(x, 1, gi * cg, cg), [1, 0, 2, 3]);

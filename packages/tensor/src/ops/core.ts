@@ -1,5 +1,5 @@
 /** Shared machinery for op definitions: output allocation, input checks, the trace hook. */
-import type { Backend } from '../backend.js';
+import type { Backend, View } from '../backend.js';
 import { contiguousStrides } from '../backend.js';
 import type { DType, TypedArray } from '../dtype.js';
 import { BackendMismatchError, DTypeError, fmtShape } from '../errors.js';
@@ -69,3 +69,19 @@ export function scalarOn(value: number, backend: Backend, dtype: DType = 'float3
 }
 
 export { getBackend };
+
+/** Views a [...batch, R, C] tensor as [B, R, C] when its batch dims merge into one stride, else null. */
+export function as3d(x: Tensor): View | null {
+  const r = x.rank;
+  const batch = x.shape.slice(0, r - 2);
+  let stride = 0;
+  let seen = false;
+  for (let d = batch.length - 1; d >= 0; d--) {
+    if (batch[d] === 1) continue;
+    if (!seen) { stride = x.strides[d]; seen = true; continue; }
+    // Merging needs stride[d] == stride[d+1] * size[d+1] over non-trivial dims (0 for fully broadcast).
+    let inner = d + 1; while (batch[inner] === 1) inner++;
+    if (x.strides[d] !== x.strides[inner] * batch[inner]) return null;
+  }
+  return { storage: x.storage, shape: [numel(batch), x.shape[r - 2], x.shape[r - 1]], strides: [stride, x.strides[r - 2], x.strides[r - 1]], offset: x.offset };
+}

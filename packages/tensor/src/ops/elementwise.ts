@@ -56,6 +56,9 @@ export const reciprocal = unary('reciprocal', (_x, y) => neg(square(y)));
 const geluErf = unary('gelu', (x) => unaryKernel('gelu_grad', x));
 const geluTanh = unary('gelu_tanh', (x) => unaryKernel('gelu_tanh_grad', x));
 /** GELU, exact (erf) form or PyTorch's approximate='tanh' form. */
+/** d act / dz at z, for the activations a matmul epilogue can apply (linear's backward). */
+export const activationDerivative = (act: 'silu' | 'gelu', z: Tensor): Tensor => unaryKernel(act === 'silu' ? 'silu_grad' : 'gelu_grad', z);
+
 export function gelu(x: Tensor, approximate: 'none' | 'tanh' = 'none'): Tensor {
   return approximate === 'tanh' ? geluTanh(x) : geluErf(x);
 }

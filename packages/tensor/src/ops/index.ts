@@ -8,3 +8,4 @@ export * from './fft.js';
 export * from './creation.js';
 export { grad, valueAndGrad, checkpoint } from './grad.js';
 export { tidyUnlessRecording } from './composite.js';
+export { addSilu, geglu } from './fused.js';

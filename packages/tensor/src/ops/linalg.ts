@@ -4,25 +4,12 @@ import { ShapeError, fmtShape } from '../errors.js';
 import { noGrad, record } from '../autodiff.js';
 import { broadcastShapes, numel } from '../shape.js';
 import type { Tensor } from '../tensor.js';
-import { backendOf, empty, launch, requireFloat } from './core.js';
+import { as3d, backendOf, empty, launch, requireFloat } from './core.js';
 import { contiguous, expand, reshape, transpose, unsqueeze } from './views.js';
 import { unbroadcast } from './broadcast.js';
+import { activationDerivative, mul } from './elementwise.js';
+import { sum } from './reduce.js';
 
-/** Views a [...batch, R, C] tensor as [B, R, C] when its batch dims merge into one stride, else null. */
-function as3d(x: Tensor): View | null {
-  const r = x.rank;
-  const batch = x.shape.slice(0, r - 2);
-  let stride = 0;
-  let seen = false;
-  for (let d = batch.length - 1; d >= 0; d--) {
-    if (batch[d] === 1) continue;
-    if (!seen) { stride = x.strides[d]; seen = true; continue; }
-    // Merging needs stride[d] == stride[d+1] * size[d+1] over non-trivial dims (0 for fully broadcast).
-    let inner = d + 1; while (batch[inner] === 1) inner++;
-    if (x.strides[d] !== x.strides[inner] * batch[inner]) return null;
-  }
-  return { storage: x.storage, shape: [numel(batch), x.shape[r - 2], x.shape[r - 1]], strides: [stride, x.strides[r - 2], x.strides[r - 1]], offset: x.offset };
-}
 
 export function matmul(a: Tensor, b: Tensor): Tensor {
   const be = backendOf('matmul', a, b);
@@ -67,3 +54,42 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   return out;
 }
 
+
+/**
+ * y = act(x @ w^T + bias): x [..., K], w [N, K] (PyTorch's Linear layout), bias [N]. One GEMM whose epilogue adds
+ * the bias and applies the activation as it stores (no separate elementwise passes); w^T is read through strides.
+ * The backward recomputes the pre-activation when there is an activation.
+ */
+export function linear(x: Tensor, w: Tensor, bias?: Tensor | null, act: 'none' | 'silu' | 'gelu' = 'none'): Tensor {
+  const be = backendOf('linear', x, w, ...(bias ? [bias] : []));
+  requireFloat('linear', x, w, ...(bias ? [bias] : []));
+  if (x.rank < 1 || w.rank !== 2 || x.shape[x.rank - 1] !== w.shape[1]) {
+    throw new ShapeError('linear', `x ${fmtShape(x.shape)} and weight ${fmtShape(w.shape)} do not fit (need x [..., K], weight [N, K])`);
+  }
+  const [n, k] = w.shape;
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== n)) throw new ShapeError('linear', `bias ${fmtShape(bias.shape)} must be [${n}]`);
+  const lead = x.shape.slice(0, -1);
+  const m = numel(lead);
+  const out = empty(be, [...lead, n], 'float32');
+  noGrad(() => {
+    const xc = contiguous(x);
+    const x2 = reshape(xc, [m, k]);
+    const xv: View = { storage: x2.storage, shape: [1, m, k], strides: [0, x2.strides[0], x2.strides[1]], offset: x2.offset };
+    const wv: View = { storage: w.storage, shape: [1, k, n], strides: [0, w.strides[1], w.strides[0]], offset: w.offset };
+    const bv: View | null = bias ? { storage: bias.storage, shape: [n], strides: [bias.strides[0]], offset: bias.offset } : null;
+    launch('linear', be, bias ? [x, w, bias] : [x, w], [out], () => be.matmul(xv, wv, out.storage, { bias: bv, act }));
+    if (x2 !== xc) x2.dispose();
+    if (xc !== x) xc.dispose();
+  });
+  record('linear', bias ? [x, w, bias] : [x, w], [out], ([g]) => {
+    let gz = g!;
+    if (act !== 'none') gz = mul(gz, activationDerivative(act, noGrad(() => linear(x, w, bias, 'none'))));
+    const g2 = reshape(gz, [m, n]);
+    return [
+      x.requiresGrad ? reshape(matmul(g2, w), x.shape) : null,
+      w.requiresGrad ? matmul(transpose(g2), reshape(x, [m, k])) : null,
+      ...(bias ? [bias.requiresGrad ? sum(g2, 0) : null] : []),
+    ];
+  });
+  return out;
+}

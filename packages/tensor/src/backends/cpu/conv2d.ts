@@ -61,3 +61,38 @@ export function conv2d(x: View, w: View, p: Conv2dParams, out: CpuStorage): void
     }
   }
 }
+
+/**
+ * Weight gradient of conv2d: dw[o, c, i, j] = sum_{n, y, x} g[n, o, y, x] * xpad[n, g*Cg + c, y*sh + i*dh - ph, x*sw + j*dw - pw]
+ * for x [N,C,H,W], g [N,O,Ho,Wo] -> out [O, C/groups, kh, kw] (contiguous), f64 accumulation.
+ */
+export function conv2dWeightGrad(x: View, g: View, p: Conv2dParams, [kh, kw]: [number, number], out: CpuStorage): void {
+  const [n, c, h, wd] = x.shape;
+  const [, o, ho, wo] = g.shape;
+  const G = p.groups, cg = c / G, og = o / G;
+  const [sh, sw] = p.stride, [ph, pw] = p.padding, [dh, dw] = p.dilation;
+  const X = gatherF64(x), Gr = gatherF64(g);
+  const dst = out.data;
+  for (let oi = 0; oi < o; oi++) {
+    const gi = Math.floor(oi / og);
+    for (let ci = 0; ci < cg; ci++) {
+      for (let i = 0; i < kh; i++) {
+        for (let j = 0; j < kw; j++) {
+          let s = 0;
+          for (let ni = 0; ni < n; ni++) {
+            const xBase = (ni * c + gi * cg + ci) * h * wd, gBase = (ni * o + oi) * ho * wo;
+            for (let y = 0; y < ho; y++) {
+              const iy = y * sh - ph + i * dh;
+              if (iy < 0 || iy >= h) continue;
+              for (let xo = 0; xo < wo; xo++) {
+                const ix = xo * sw - pw + j * dw;
+                if (ix >= 0 && ix < wd) s += Gr[gBase + y * wo + xo] * X[xBase + iy * wd + ix];
+              }
+            }
+          }
+          dst[((oi * cg + ci) * kh + i) * kw + j] = s;
+        }
+      }
+    }
+  }
+}

@@ -64,6 +64,8 @@ const BINARY_FLOAT: Record<BinaryOp, F2> = {
   maximum: Math.max, // NaN-propagating, like torch.maximum
   minimum: Math.min,
   ...CMP,
+  add_silu: (a, b) => m.silu(a + b),
+  geglu: (a, b) => a * m.gelu(b),
 };
 /** int32: wrapping add/sub/mul; division truncates toward zero and x / 0 = 0. */
 const BINARY_INT: Partial<Record<BinaryOp, F2>> = {

@@ -11,7 +11,10 @@ import type { Conv2dParams, View } from '../../backend.js';
 import { isContiguous } from '../../backend.js';
 import { DTypeError, ShapeError, fmtShape } from '../../errors.js';
 import type { GpuContext, GpuStorage } from './context.js';
-import { dispatchGrid, gemm, zeroFill } from './matmul.js';
+import { dispatchGrid, gemm, pack, zeroFill } from './matmul.js';
+import { copy as ewCopy } from './elementwise.js';
+import { winogradConv2d, type WinogradTile } from './winograd.js';
+import { tuningFor } from './tuning.js';
 
 const ceil4 = (x: number): number => Math.ceil(x / 4) * 4;
 const WG = 64;
@@ -68,6 +71,29 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
   D[o * cq + q] = v;
 }`;
 
+/** Which conv2d algorithm runs: `convChoice.algorithm`, else env LATENTDEM_CONV=im2col|winograd2|winograd4, else automatic. */
+export type ConvAlgorithm = 'im2col' | 'winograd2' | 'winograd4';
+
+/**
+ * Winograd serves 3x3, stride-1, undilated, ungrouped convolutions with at least the tuned number of input
+ * and output channels (below that the transforms cost more than the GEMM work they save); `auto` takes the
+ * algorithm the tuner chose (tuning.ts).
+ */
+export const convChoice = { algorithm: 'auto' as ConvAlgorithm | 'auto' };
+
+function winogradTileFor(ctx: GpuContext, xs: readonly number[], ws: readonly number[], p: Conv2dParams): WinogradTile | null {
+  const algo = convChoice.algorithm !== 'auto' ? convChoice.algorithm : (process.env.LATENTDEM_CONV as ConvAlgorithm | undefined) ?? 'auto';
+  if (algo === 'im2col') return null;
+  const [, C] = xs; const [O, , kh, kw] = ws;
+  const fits = kh === 3 && kw === 3 && p.stride[0] === 1 && p.stride[1] === 1 && p.dilation[0] === 1 && p.dilation[1] === 1 && p.groups === 1;
+  if (!fits) return null;
+  if (algo === 'winograd2') return 2;
+  if (algo === 'winograd4') return 4;
+  const tuned = tuningFor(ctx).conv;
+  if (tuned.algorithm === 'im2col' || C < tuned.minChannels || O < tuned.minChannels) return null;
+  return tuned.algorithm === 'winograd2' ? 2 : 4;
+}
+
 /**
  * x [N,C,H,W], w [O,C/groups,kh,kw] -> out [N,O,Ho,Wo]. `chunkBytes` caps the im2col buffer (tests lower
  * it to exercise chunking); it never exceeds the device's binding limit.
@@ -90,6 +116,12 @@ export function conv2d(ctx: GpuContext, x: View, w: View, p: Conv2dParams, out: 
   if (Kg === 0) { zeroFill(ctx, out.buffer, N * O * P); return; }
   const temps: GPUBuffer[] = [];
   const xBuf = (x.storage as GpuStorage).buffer;
+
+  const wino = winogradTileFor(ctx, x.shape, w.shape, p);
+  if (wino) {
+    winogradConv2d(ctx, x, w, [ph, pw], out, wino, chunkBytes, xBuf, (w.storage as GpuStorage).buffer);
+    return;
+  }
 
   // A operand: the weights as [O, K4] rows, used in place when already contiguous and aligned.
   let wBuf: GPUBuffer, wOff: number;
@@ -144,4 +176,56 @@ export function conv2d(ctx: GpuContext, x: View, w: View, p: Conv2dParams, out: 
   }
   for (const t of temps) ctx.release(t);
   ctx.lastKernel = 'conv2d.im2col+gemm';
+}
+
+/**
+ * conv2d's weight gradient: x [N,C,H,W], g [N,O,Ho,Wo] contiguous -> out [O, C/groups, kh, kw]. Per group,
+ * dW^T [Kg, Og] = sum over chunks of im2col(x) [Kg, positions] @ g^T [positions, Og]: the im2col kernel of the
+ * forward, the output gradient packed transposed (small), and GEMMs that accumulate across image/position
+ * chunks in their epilogue; one strided copy writes dW. Chunks keep every buffer under the binding limit.
+ */
+export function conv2dWeightGrad(ctx: GpuContext, x: View, g: View, p: Conv2dParams, [kh, kw]: [number, number], out: GpuStorage,
+  chunkBytes = 64 * 1024 * 1024): void {
+  if (x.storage.dtype !== 'float32' || g.storage.dtype !== 'float32') throw new DTypeError('conv2dWeightGrad', 'webgpu conv2d gradients need float32');
+  if (!isContiguous(g)) throw new ShapeError('conv2dWeightGrad', 'internal: the output gradient must be contiguous');
+  const [N, C, H, W] = x.shape;
+  const [, O, Ho, Wo] = g.shape;
+  const G = p.groups, Cg = C / G, Og = O / G, Kg = Cg * kh * kw, K4 = ceil4(Kg), Og4 = ceil4(Og), P = Ho * Wo;
+  const [sh, sw] = p.stride, [ph, pw] = p.padding, [dh, dw] = p.dilation;
+  if (O === 0 || Kg === 0) return;
+  const acc = ctx.alloc(G * K4 * Og4, 'float32');
+  if (N === 0 || P === 0) { zeroFill(ctx, acc.buffer, G * K4 * Og4); }
+  const written = new Array<boolean>(G).fill(false);
+  const xBuf = (x.storage as GpuStorage).buffer;
+  const budget = Math.min(ctx.limits.maxStorageBufferBindingSize, chunkBytes);
+  const perPos = G * K4 * 4;
+  let pc = P, nb = 1;
+  const P4 = ceil4(P);
+  if (perPos * P4 > budget) pc = Math.max(4, Math.floor(budget / perPos / 4) * 4);
+  else nb = Math.max(1, Math.min(N, Math.floor(budget / (perPos * P4))));
+  for (let n0 = 0; n0 < N; n0 += nb) {
+    const nbc = Math.min(nb, N - n0);
+    for (let p0 = 0; p0 < P; p0 += pc) {
+      const pcc = Math.min(pc, P - p0), pc4 = ceil4(pcc);
+      const cols = ctx.acquire(nbc * G * K4 * pc4 * 4, 'conv2dWeightGrad');
+      dispatchGrid(ctx, { key: 'conv2d.im2col', source: im2colSource, buffers: [xBuf, cols], kernel: 'conv2d.im2col' },
+        [Cg, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Wo, Kg, K4, pc4 / 4, p0, pcc, G, x.offset, x.strides[0], x.strides[1], x.strides[2], x.strides[3], n0, 0, 0],
+        24, [Math.ceil(pc4 / 4 / WG), K4, nbc * G]);
+      for (let ni = 0; ni < nbc; ni++) {
+        for (let gi = 0; gi < G; gi++) {
+          // g^T for this image, group and position chunk: [pcc, Og] read with strides (1, P), packed to [pc4, Og4].
+          const gT = pack(ctx, { storage: g.storage, shape: [1, pcc, Og], strides: [0, 1, P], offset: g.offset + ((n0 + ni) * O + gi * Og) * P + p0 }, pc4, Og4, 'conv2dWeightGrad');
+          gemm(ctx, { batch: 1, m: Kg, n: Og, k: pc4, a: cols, aOff: (ni * G + gi) * K4 * pc4, aSb: 0, aSm: pc4, b: gT, bOff: 0, bSb: 0, bSk: Og4, bCols: Og4,
+            c: acc.buffer, cOff: gi * K4 * Og4, cSb: 0, cSm: Og4 }, undefined, { bias: null, act: 'none', accumulate: written[gi] });
+          written[gi] = true;
+          ctx.release(gT);
+        }
+      }
+      ctx.release(cols);
+    }
+  }
+  // out[gi*Og + o, kk] = acc[gi, kk, o]
+  ewCopy(ctx, { storage: acc, shape: [G, Og, Kg], strides: [K4 * Og4, 1, Og4], offset: 0 }, { storage: out, shape: [G, Og, Kg], strides: [Og * Kg, Kg, 1], offset: 0 });
+  ctx.free(acc);
+  ctx.lastKernel = 'conv2d.weight_grad(im2col+gemm)';
 }

@@ -312,6 +312,8 @@ function binaryBody(op: BinaryOp, t: WT): string | undefined {
     // WGSL leaves max/min of NaN unspecified; propagate it like the CPU (Math.max) and torch.maximum.
     case 'maximum': return t === 'f32' ? 'return select(max(a, b), a + b, isnan_f32(a) || isnan_f32(b));' : 'return max(a, b);';
     case 'minimum': return t === 'f32' ? 'return select(min(a, b), a + b, isnan_f32(a) || isnan_f32(b));' : 'return min(a, b);';
+    case 'add_silu': return t === 'f32' ? 'return silu_f32(a + b);' : undefined;
+    case 'geglu': return t === 'f32' ? 'return a * gelu_f32(b);' : undefined;
   }
   return undefined;
 }
@@ -324,7 +326,7 @@ export function binary(ctx: GpuContext, op: BinaryOp, a: View, b: View, out: Gpu
   const to = wgslType(out.dtype);
   runMap(ctx, {
     name: `binary.${op}`, inputs: [a, b], inTypes: [t, t], out: outView(out, a), outType: to,
-    math: t === 'f32' && (op === 'pow' || op === 'maximum' || op === 'minimum' || op in CMP_WGSL),
+    math: t === 'f32' && (op === 'pow' || op === 'maximum' || op === 'minimum' || op === 'add_silu' || op === 'geglu' || op in CMP_WGSL),
     fn: `fn op(a: ${t}, b: ${t}) -> ${to} { ${body} }`,
   });
 }

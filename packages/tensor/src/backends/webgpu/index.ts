@@ -1,5 +1,5 @@
 /** The WebGPU backend: WGSL compute shaders through Dawn. Kernel families live one per file. */
-import type { Backend, DeviceTiming, Conv2dParams, RandomParams, ReduceOp, Storage, UnaryArgs, UnaryOp, BinaryOp, View } from '../../backend.js';
+import type { Backend, DeviceTiming, Conv2dParams, MatmulEpilogue, NormAct, RandomParams, ReduceOp, Storage, UnaryArgs, UnaryOp, BinaryOp, View } from '../../backend.js';
 import { contiguousStrides as contiguous, isContiguous, numelOf } from '../../backend.js';
 import type { DType, TypedArray } from '../../dtype.js';
 import { BackendMismatchError } from '../../errors.js';
@@ -7,9 +7,11 @@ import { GpuContext, GpuStorage } from './context.js';
 import * as ew from './elementwise.js';
 import { reduce } from './reduce.js';
 import { matmul } from './matmul.js';
-import { conv2d } from './conv2d.js';
+import { conv2d, conv2dWeightGrad } from './conv2d.js';
 import { fft2 } from './fft.js';
 import { random } from './random.js';
+import { attention, attentionBackward } from './attention.js';
+import { groupNorm, groupNormBackward } from './norm.js';
 
 export { GpuContext, GpuStorage };
 
@@ -66,10 +68,21 @@ export class WebGpuBackend implements Backend {
   binary(op: BinaryOp, a: View, b: View, out: Storage): void { ew.binary(this.ctx, op, a, b, gs(out, op)); }
   where(cond: View, a: View, b: View, out: Storage): void { ew.where(this.ctx, cond, a, b, gs(out, 'where')); }
   reduce(op: ReduceOp, x: View, reducedRank: number, out: Storage): void { reduce(this.ctx, op, x, reducedRank, gs(out, op)); }
-  matmul(a: View, b: View, out: Storage): void { matmul(this.ctx, a, b, gs(out, 'matmul')); }
+  matmul(a: View, b: View, out: Storage, epilogue?: MatmulEpilogue): void { matmul(this.ctx, a, b, gs(out, 'matmul'), epilogue); }
   conv2d(x: View, w: View, p: Conv2dParams, out: Storage): void { conv2d(this.ctx, x, w, p, gs(out, 'conv2d')); }
+  conv2dWeightGrad(x: View, g: View, p: Conv2dParams, kernel: [number, number], out: Storage): void {
+    conv2dWeightGrad(this.ctx, x, g, p, kernel, gs(out, 'conv2dWeightGrad'));
+  }
   fft2(re: View, im: View, inverse: boolean, outRe: Storage, outIm: Storage): void {
     fft2(this.ctx, re, im, inverse, gs(outRe, 'fft2'), gs(outIm, 'fft2'));
   }
   random(p: RandomParams, out: Storage): void { random(this.ctx, p, gs(out, 'random')); }
+  attention(q: View, k: View, v: View, scale: number, out: Storage, lse: Storage): void { attention(this.ctx, q, k, v, scale, gs(out, 'attention'), gs(lse, 'attention')); }
+  attentionBackward(q: View, k: View, v: View, out: View, lse: View, dout: View, scale: number, dq: Storage, dk: Storage, dv: Storage): void { attentionBackward(this.ctx, q, k, v, out, lse, dout, scale, gs(dq, 'attention'), gs(dk, 'attention'), gs(dv, 'attention')); }
+  groupNorm(x: View, groups: number, weight: View | null, bias: View | null, eps: number, act: NormAct, out: Storage, stats: Storage): void {
+    groupNorm(this.ctx, x, groups, weight, bias, eps, act, gs(out, 'groupNorm'), gs(stats, 'groupNorm'));
+  }
+  groupNormBackward(x: View, dy: View, stats: View, groups: number, weight: View | null, bias: View | null, act: NormAct, dx: Storage | null, dwdb: Storage): void {
+    groupNormBackward(this.ctx, x, dy, stats, groups, weight, bias, act, dx ? gs(dx, 'groupNorm') : null, gs(dwdb, 'groupNorm'));
+  }
 }

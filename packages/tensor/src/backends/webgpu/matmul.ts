@@ -20,9 +20,11 @@
  * Layout handled by the kernel: A rows contiguous in k, B rows contiguous in n, offsets and row strides
  * multiples of 4, K a multiple of 4 (zero padding). C rows contiguous in n, any offset and row stride.
  */
-import type { View } from '../../backend.js';
+import type { MatmulEpilogue, View } from '../../backend.js';
+import { WGSL_MATH } from '../math.js';
 import { DTypeError, DeviceLimitError, ShapeError } from '../../errors.js';
 import type { GpuContext, GpuStorage } from './context.js';
+import { tuningFor, type GemmClass } from './tuning.js';
 
 /** One register-tile configuration of the GEMM kernel. */
 export interface GemmTile {
@@ -38,9 +40,7 @@ export interface GemmTile {
   sg: number;
 }
 
-/** Tiles measured best on lavapipe (see the header); small-M tiles waste fewer rows on M <= 8. */
-const TILE_SUBGROUP: Omit<GemmTile, 'sg'> = { mt: 16, g: 1, wg: 16, unroll: 1 };
-const TILE_SUBGROUP_SMALL_M: Omit<GemmTile, 'sg'> = { mt: 8, g: 1, wg: 16, unroll: 1 };
+/** Tiles without subgroup operations (devices without fixed-size subgroups); small-M tiles waste fewer rows. */
 const TILE_PLAIN: GemmTile = { mt: 16, g: 2, wg: 8, unroll: 1, sg: 0 };
 const TILE_PLAIN_SMALL_M: GemmTile = { mt: 8, g: 2, wg: 8, unroll: 1, sg: 0 };
 
@@ -53,11 +53,18 @@ export function subgroupSize(ctx: GpuContext): number {
   return lo === hi && (lo === 4 || lo === 8 || lo === 16 || lo === 32) ? lo : 0;
 }
 
+/** The shape class whose tuned tile serves an M x N GEMM (see tuning.ts). */
+export function gemmClass(m: number, n: number): GemmClass {
+  if (m <= 8) return 'smallM';
+  return n <= 256 ? 'narrow' : 'square';
+}
+
 /**
- * The tile used for an M-row problem on this device. `LATENTDEM_GEMM_TILE=mt,g,wg,unroll[,0]` overrides it
- * (for tuning and tests; a trailing 0 forces the kernel without subgroup operations).
+ * The tile used for an M x N problem on this device: the tuned tile of its shape class (tuning.ts).
+ * `LATENTDEM_GEMM_TILE=mt,g,wg,unroll[,0]` overrides it (for tuning and tests; a trailing 0 forces the kernel
+ * without subgroup operations).
  */
-export function chooseTile(ctx: GpuContext, m: number): GemmTile {
+export function chooseTile(ctx: GpuContext, m: number, n = 1 << 30): GemmTile {
   let sg = subgroupSize(ctx);
   const env = process.env.LATENTDEM_GEMM_TILE;
   if (env) {
@@ -68,23 +75,26 @@ export function chooseTile(ctx: GpuContext, m: number): GemmTile {
     return t;
   }
   if (!sg) return m <= TILE_PLAIN_SMALL_M.mt ? TILE_PLAIN_SMALL_M : TILE_PLAIN;
-  const base = m <= TILE_SUBGROUP_SMALL_M.mt ? TILE_SUBGROUP_SMALL_M : TILE_SUBGROUP;
-  return { ...base, mt: Math.max(base.mt, sg), wg: Math.max(base.wg, sg), sg };
+  const base = tuningFor(ctx).gemm[gemmClass(m, n)];
+  const up = (v: number): number => Math.ceil(v / sg) * sg;
+  return { ...base, mt: up(base.mt), wg: up(base.wg), sg };
 }
 
 export const tileKey = (t: GemmTile): string => `mt${t.mt}g${t.g}wg${t.wg}u${t.unroll}sg${t.sg}`;
 
 /** WGSL of the GEMM kernel for one tile configuration (sizes and strides come from the params buffer). */
-export function gemmSource(t: GemmTile): string {
+export function gemmSource(t: GemmTile, ep: GemmEpilogue = NO_EPILOGUE, bT = false): string {
   const { mt: MT, g: G, wg: WG, unroll: U, sg: S } = t;
   const L: string[] = [];
   if (S) L.push('enable subgroups;');
   L.push(`@group(0) @binding(0) var<storage, read> A: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> B: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> C: array<f32>;
-@group(0) @binding(3) var<storage, read> p: array<u32>;
+${ep.bias ? '@group(0) @binding(3) var<storage, read> Bias: array<f32>;\n' : ''}@group(0) @binding(${ep.bias ? 4 : 3}) var<storage, read> p: array<u32>;
+${ep.act !== 'none' ? WGSL_MATH : ''}
+// epilogue: ${ep.bias ? 'bias[p16 + n * p17], ' : ''}activation ${ep.act}${ep.accumulate ? ', C +=' : ''}
 // p: M N K4 NQ aOff4 aSb4 aSm4 bOff4 bSb4 bSk4 cOff cSb cSm y0 z0 mFast (NQ = vec4 columns readable in a
-// B row; mFast: grid x runs over row tiles, so consecutive workgroups reuse one B column strip from cache)
+// B row; mFast: grid x runs over row tiles, so consecutive workgroups reuse one B column strip from cache)${bT ? '\n// B transposed: bSk4 is the vec4 stride between columns of B (rows of B^T)' : ''}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${S ? ', @builtin(subgroup_invocation_id) sid: u32' : ''}) {
   let M = p[0]; let N = p[1]; let K4 = p[2]; let NQ = p[3];
@@ -99,12 +109,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     const row = S ? `m0 + ${v * S}u + sid` : `m0 + ${v}u`;
     L.push(`  let ar${v} = aB + min(${row}, M - 1u) * aSm;`);
   }
-  for (let g = 0; g < G; g++) L.push(`  let bc${g} = bB + min(q0 + ${g * WG}u, NQ - 1u);`);
+  // B as stored: rows along k (bc: one vec4 of 4 columns per row), or transposed (bT: B^T rows along k, one
+  // vec4 of 4 k-values per column; the 4x4 transpose into the column vec4s is free: components are registers).
+  if (bT) for (let g = 0; g < G; g++) for (let q = 0; q < 4; q++) L.push(`  let bn${g}_${q} = bB + min((q0 + ${g * WG}u) * 4u + ${q}u, N - 1u) * bSk;`);
+  else for (let g = 0; g < G; g++) L.push(`  let bc${g} = bB + min(q0 + ${g * WG}u, NQ - 1u);`);
   for (let i = 0; i < MT; i++) for (let g = 0; g < G; g++) L.push(`  var c${i}_${g} = vec4<f32>(0.0);`);
   const step = (k: string, ind: string): void => {
     for (let v = 0; v < NA; v++) L.push(`${ind}let a${v} = A[ar${v} + ${k}];`);
-    L.push(`${ind}let br = ${k} * 4u * bSk;`);
-    for (let kk = 0; kk < 4; kk++) for (let g = 0; g < G; g++) L.push(`${ind}let b${kk}_${g} = B[bc${g} + br + ${kk}u * bSk];`);
+    if (bT) {
+      for (let g = 0; g < G; g++) for (let q = 0; q < 4; q++) L.push(`${ind}let bt${q}_${g} = B[bn${g}_${q} + ${k}];`);
+      for (let kk = 0; kk < 4; kk++) for (let g = 0; g < G; g++) {
+        const c = 'xyzw'[kk];
+        L.push(`${ind}let b${kk}_${g} = vec4<f32>(bt0_${g}.${c}, bt1_${g}.${c}, bt2_${g}.${c}, bt3_${g}.${c});`);
+      }
+    } else {
+      L.push(`${ind}let br = ${k} * 4u * bSk;`);
+      for (let kk = 0; kk < 4; kk++) for (let g = 0; g < G; g++) L.push(`${ind}let b${kk}_${g} = B[bc${g} + br + ${kk}u * bSk];`);
+    }
     for (let kk = 0; kk < 4; kk++) {
       for (let i = 0; i < MT; i++) {
         const a = S ? `subgroupBroadcast(a${Math.floor(i / S)}.${'xyzw'[kk]}, ${i % S}u)` : `a${i}.${'xyzw'[kk]}`;
@@ -124,13 +145,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     L.push(`  if (m0 + ${i}u < M) {`);
     L.push(`    let cr = cB + (m0 + ${i}u) * cSm;`);
     for (let g = 0; g < G; g++) for (let q = 0; q < 4; q++) {
-      L.push(`    { let n = (q0 + ${g * WG}u) * 4u + ${q}u; if (n < N) { C[cr + n] = c${i}_${g}.${'xyzw'[q]}; } }`);
+      let v = `c${i}_${g}.${'xyzw'[q]}`;
+      if (ep.bias) v = `${v} + Bias[p[16] + n * p[17]]`;
+      if (ep.act !== 'none') v = `${ep.act}_f32(${v})`;
+      if (ep.accumulate) v = `C[cr + n] + ${v}`;
+      L.push(`    { let n = (q0 + ${g * WG}u) * 4u + ${q}u; if (n < N) { C[cr + n] = ${v}; } }`);
     }
     L.push(`  }`);
   }
   L.push('}');
   return L.join('\n');
 }
+
+/** What the GEMM applies to each output as it stores it (see Backend.matmul). */
+export interface GemmEpilogue {
+  bias: { buffer: GPUBuffer; offset: number; stride: number } | null;
+  act: 'none' | 'silu' | 'gelu';
+  /** C += result instead of C = result (chunked reductions such as conv2d's weight gradient). */
+  accumulate?: boolean;
+}
+const NO_EPILOGUE: GemmEpilogue = { bias: null, act: 'none' };
 
 /** Operands of the GEMM kernel: element offsets/strides; A, B offsets and strides must be multiples of 4. */
 export interface GemmArgs {
@@ -141,6 +175,8 @@ export interface GemmArgs {
   b: GPUBuffer; bOff: number; bSb: number; bSk: number;
   /** Readable columns in each B row (>= n rounded up to 4, a multiple of 4). */
   bCols: number;
+  /** B is stored transposed: element (k, n) at bOff + b*bSb + n*bSk + k (bSk then a multiple of 4, k contiguous). */
+  bT?: boolean;
   c: GPUBuffer; cOff: number; cSb: number; cSm: number;
 }
 
@@ -161,7 +197,7 @@ export function dispatchGrid(ctx: GpuContext, spec: { key: string; source: () =>
 }
 
 /** C[b] = A[b] @ B[b] over vec4-aligned operands (see GemmArgs). */
-export function gemm(ctx: GpuContext, g: GemmArgs, tile = chooseTile(ctx, g.m)): void {
+export function gemm(ctx: GpuContext, g: GemmArgs, tile = chooseTile(ctx, g.m, g.n), ep: GemmEpilogue = NO_EPILOGUE): void {
   if (g.k % 4 || g.aOff % 4 || g.aSb % 4 || g.aSm % 4 || g.bOff % 4 || g.bSb % 4 || g.bSk % 4 || g.bCols % 4) {
     throw new ShapeError('matmul', 'internal: gemm operands are not vec4-aligned');
   }
@@ -171,9 +207,12 @@ export function gemm(ctx: GpuContext, g: GemmArgs, tile = chooseTile(ctx, g.m)):
   // A streams through; x is limited to maxComputeWorkgroupsPerDimension, y and z are split by dispatchGrid.
   const mFast = tilesM <= ctx.limits.maxComputeWorkgroupsPerDimension;
   const params = [g.m, g.n, g.k / 4, g.bCols / 4, g.aOff / 4, g.aSb / 4, g.aSm / 4, g.bOff / 4, g.bSb / 4, g.bSk / 4,
-    g.cOff, g.cSb, g.cSm, 0, 0, mFast ? 1 : 0];
-  const key = `gemm:${tileKey(tile)}`;
-  dispatchGrid(ctx, { key, source: () => gemmSource(tile), buffers: [g.a, g.b, g.c], kernel: `matmul.gemm.${tileKey(tile)}` },
+    g.cOff, g.cSb, g.cSm, 0, 0, mFast ? 1 : 0, ep.bias?.offset ?? 0, ep.bias?.stride ?? 0];
+  const epKey = `${ep.bias ? '+bias' : ''}${ep.act !== 'none' ? `+${ep.act}` : ''}${ep.accumulate ? '+acc' : ''}`;
+  const bT = g.bT ?? false;
+  const key = `gemm:${tileKey(tile)}${epKey}${bT ? '+bT' : ''}`;
+  const buffers = ep.bias ? [g.a, g.b, g.c, ep.bias.buffer] : [g.a, g.b, g.c];
+  dispatchGrid(ctx, { key, source: () => gemmSource(tile, ep, bT), buffers, kernel: `matmul.gemm.${tileKey(tile)}${epKey}${bT ? '+bT' : ''}` },
     params, 13, mFast ? [tilesM, tilesN, g.batch] : [tilesN, tilesM, g.batch]);
 }
 
@@ -233,7 +272,7 @@ export function zeroFill(ctx: GpuContext, buf: GPUBuffer, n: number): void {
 const aligned = (...xs: number[]): boolean => xs.every((x) => x % 4 === 0 && x >= 0);
 
 /** Batched matmul: a [B,M,K], b [B,K,N] (any strides, batch stride may be 0) -> out contiguous [B,M,N]. */
-export function matmul(ctx: GpuContext, a: View, b: View, out: GpuStorage): void {
+export function matmul(ctx: GpuContext, a: View, b: View, out: GpuStorage, epilogue?: MatmulEpilogue): void {
   if (a.shape.length !== 3 || b.shape.length !== 3) throw new ShapeError('matmul', `expected 3D views, got [${a.shape}] @ [${b.shape}]`);
   const [batch, m, k] = a.shape;
   const n = b.shape[2];
@@ -255,11 +294,14 @@ export function matmul(ctx: GpuContext, a: View, b: View, out: GpuStorage): void
     aOff = 0; aSb = ba === 1 ? 0 : m * k4; aSm = k4;
   }
 
-  // B: rows contiguous in n and vec4-aligned (n a multiple of 4), or packed to [Bb, K4, N4].
-  let bBuf: GPUBuffer, bOff: number, bSb: number, bSk: number, bCols: number;
+  // B: rows contiguous in n and vec4-aligned; or columns contiguous in k (a transposed weight, as linear reads
+  // [N, K] weights) read in place by the kernel's transposed variant; else packed to [Bb, K4, N4].
+  let bBuf: GPUBuffer, bOff: number, bSb: number, bSk: number, bCols: number, bT = false;
   const [bSb0, bSk0, bSn0] = b.strides;
   if (bSn0 === 1 && n % 4 === 0 && k % 4 === 0 && aligned(b.offset, bSk0, bSb0)) {
     bBuf = (b.storage as GpuStorage).buffer; bOff = b.offset; bSb = bSb0; bSk = bSk0; bCols = n;
+  } else if (bSk0 === 1 && k % 4 === 0 && n > 1 && aligned(b.offset, bSn0, bSb0)) {
+    bBuf = (b.storage as GpuStorage).buffer; bOff = b.offset; bSb = bSb0; bSk = bSn0; bCols = Math.ceil(n / 4) * 4; bT = true;
   } else {
     const n4 = Math.ceil(n / 4) * 4;
     const bb = bSb0 === 0 ? 1 : batch;
@@ -267,6 +309,13 @@ export function matmul(ctx: GpuContext, a: View, b: View, out: GpuStorage): void
     bOff = 0; bSb = bb === 1 ? 0 : k4 * n4; bSk = n4; bCols = n4;
   }
 
-  gemm(ctx, { batch, m, n, k: k4, a: aBuf, aOff, aSb, aSm, b: bBuf, bOff, bSb, bSk, bCols, c: out.buffer, cOff: 0, cSb: m * n, cSm: n });
+  let ep = NO_EPILOGUE;
+  if (epilogue && (epilogue.bias || (epilogue.act ?? 'none') !== 'none')) {
+    const bias = epilogue.bias;
+    if (bias && (bias.shape.length !== 1 || bias.shape[0] !== n)) throw new ShapeError('matmul', `bias [${bias.shape}] must be [${n}]`);
+    if (bias && bias.storage.dtype !== 'float32') throw new DTypeError('matmul', 'the bias must be float32');
+    ep = { bias: bias ? { buffer: (bias.storage as GpuStorage).buffer, offset: bias.offset, stride: bias.strides[0] } : null, act: epilogue.act ?? 'none' };
+  }
+  gemm(ctx, { batch, m, n, k: k4, a: aBuf, aOff, aSb, aSm, b: bBuf, bOff, bSb, bSk, bCols, bT, c: out.buffer, cOff: 0, cSb: m * n, cSm: n }, undefined, ep);
   for (const t of temps) ctx.release(t);
 }
