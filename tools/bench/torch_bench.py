@@ -35,6 +35,19 @@ with torch.no_grad():
             x = torch.randn(d[0], d[1], d[2], d[3], generator=g)
             wt = torch.randn(d[4], d[1], d[5], d[6], generator=g)
             fn = lambda: F.conv2d(x, wt, padding=d[7])
+        elif k in ("conv2d_dx", "conv2d_dw"):
+            x = torch.randn(d[0], d[1], d[2], d[3], generator=g)
+            wt = torch.randn(d[4], d[1], d[5], d[6], generator=g)
+            gy = torch.randn(d[0], d[4], d[2] + 2 * d[7] - d[5] + 1, d[3] + 2 * d[7] - d[6] + 1, generator=g)
+            if k == "conv2d_dx":
+                fn = lambda: torch.nn.grad.conv2d_input(x.shape, wt, gy, padding=d[7])
+            else:
+                fn = lambda: torch.nn.grad.conv2d_weight(x, wt.shape, gy, padding=d[7])
+        elif k == "attention":
+            # Explicit softmax(q k^T / sqrt(d)) v: 1.13 has no F.scaled_dot_product_attention (added in 2.0).
+            q, kk, v = (torch.randn(*d, generator=g) for _ in range(3))
+            sc = d[-1] ** -0.5
+            fn = lambda: torch.softmax(q @ kk.transpose(-1, -2) * sc, -1) @ v
         elif k == "softmax":
             x = torch.randn(*d, generator=g)
             fn = lambda: torch.softmax(x, -1)
@@ -42,6 +55,10 @@ with torch.no_grad():
             x = torch.randn(*d[:-1], generator=g)
             wt, bs = torch.ones(d[1]), torch.zeros(d[1])
             fn = lambda: F.group_norm(x, d[-1], wt, bs)
+        elif k == "groupnorm_silu":
+            x = torch.randn(*d[:-1], generator=g)
+            wt, bs = torch.ones(d[1]), torch.zeros(d[1])
+            fn = lambda: F.silu(F.group_norm(x, d[-1], wt, bs))
         elif k == "fft2":
             c = torch.complex(torch.randn(*d, generator=g), torch.randn(*d, generator=g))
             fn = lambda: torch.fft.fft2(c)

@@ -324,7 +324,7 @@ t.test('winograd transform matrices satisfy the bilinear identity of F(m x m, 3 
 });
 
 // Winograd serves 3x3 stride-1 ungrouped convs: odd sizes (partial edge tiles), every padding, strided input and
-// weight views, tile chunks (a small chunkBytes), tiles smaller than one GEMM column block, SD-like widths.
+// weight views, tile chunks and output-channel blocks (a small chunkBytes), tiles smaller than one GEMM column block, SD-like widths.
 const WINO_CASES: ConvCase[] = [
   { x: [2, 20, 13, 11], w: [24, 20, 3, 3], p: { padding: [1, 1] } },
   { x: [1, 16, 9, 10], w: [17, 16, 3, 3], p: { padding: [0, 0] } },
@@ -332,6 +332,7 @@ const WINO_CASES: ConvCase[] = [
   { x: [1, 16, 7, 6], w: [16, 16, 3, 3], p: { padding: [1, 1] }, xLayout: 'nhwc' },
   { x: [1, 16, 6, 6], w: [20, 16, 3, 3], p: { padding: [1, 1] }, wLayout: 'flip' },
   { x: [3, 16, 12, 11], w: [16, 16, 3, 3], p: { padding: [1, 1] }, chunk: 36 * 16 * 4 * 8 },
+  { x: [1, 16, 6, 7], w: [22, 16, 3, 3], p: { padding: [1, 1] }, chunk: 36 * 16 * 4 * 5 }, // output channels in blocks of 5
   { x: [2, 1, 4, 4], w: [3, 1, 3, 3], p: { padding: [1, 1] } },
   { x: [1, 128, 32, 32], w: [64, 128, 3, 3], p: { padding: [1, 1] } },
 ];

@@ -41,9 +41,9 @@ export const TUNING_VERSION = 1;
 export const DEFAULT_TUNING: Omit<Tuning, 'adapter'> = {
   version: TUNING_VERSION,
   gemm: {
-    square: { mt: 16, g: 1, wg: 16, unroll: 1 },
-    narrow: { mt: 16, g: 1, wg: 8, unroll: 1 },
-    smallM: { mt: 8, g: 1, wg: 16, unroll: 1 },
+    square: { mt: 16, g: 2, wg: 8, unroll: 1 },
+    narrow: { mt: 16, g: 1, wg: 16, unroll: 1 },
+    smallM: { mt: 8, g: 2, wg: 16, unroll: 1 },
   },
   conv: { algorithm: 'winograd4', minChannels: 16 },
 };

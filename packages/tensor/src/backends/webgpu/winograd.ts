@@ -117,19 +117,19 @@ function outputSource(m: WinogradTile): string {
   const L: string[] = [`@group(0) @binding(0) var<storage, read> Mv: array<f32>;
 @group(0) @binding(1) var<storage, read_write> Y: array<f32>;
 @group(0) @binding(2) var<storage, read> p: array<u32>;
-// p: O Ho Wo th tw t0 tc tc4 y0 z0
+// p: Ob Ho Wo th tw t0 tc tc4 y0 z0 O o0 (Ob: the output channels of this block, o0 its first, O all of them)
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  let O = p[0]; let Ho = p[1]; let Wo = p[2]; let th = p[3]; let tw = p[4]; let tc4 = p[7];
+  let Ob = p[0]; let Ho = p[1]; let Wo = p[2]; let th = p[3]; let tw = p[4]; let tc4 = p[7]; let O = p[10];
   let tl = gid.x; let o = wid.y + p[8];
   if (tl >= p[6]) { return; }
   let t = p[5] + tl;
   let n = t / (th * tw); let r = t % (th * tw);
   let y0 = (r / tw) * ${m}u; let x0 = (r % tw) * ${m}u;
-  let stride = O * tc4; let q = o * tc4 + tl;`];
+  let stride = Ob * tc4; let q = o * tc4 + tl;`];
   for (let i = 0; i < a; i++) for (let j = 0; j < a; j++) L.push(`  let m${i}_${j} = Mv[${i * a + j}u * stride + q];`);
   for (let i = 0; i < m; i++) for (let j = 0; j < a; j++) L.push(`  let t${i}_${j} = ${lin(AT[i], Array.from({ length: a }, (_, k) => `m${k}_${j}`))};`);
-  L.push(`  let ob = (n * O + o) * Ho;`);
+  L.push(`  let ob = (n * O + p[11] + o) * Ho;`);
   for (let i = 0; i < m; i++) {
     L.push(`  if (y0 + ${i}u < Ho) {`);
     L.push(`    let row = (ob + y0 + ${i}u) * Wo + x0;`);
@@ -154,25 +154,36 @@ export function winogradConv2d(ctx: GpuContext, x: View, w: View, [ph, pw]: [num
   const a = m + 2, E = a * a;
   const th = Math.ceil(Ho / m), tw = Math.ceil(Wo / m), T = N * th * tw;
   const C4 = ceil4(C);
-  const U = ctx.acquire(E * O * C4 * 4, 'conv2d');
-  dispatchGrid(ctx, { key: `conv2d.wino${m}.weight`, source: () => weightSource(m), buffers: [wBuf, U], kernel: `conv2d.winograd${m}.weight` },
-    [C, O, C4, w.offset, ...w.strides, 0, 0], 8, [Math.ceil(C4 / WG), O, 1]);
-  // Tiles per chunk: both the transformed input (E x C4 x tc4) and the GEMM output (E x O x tc4) must fit.
+  // Blocks of output channels so that each transformed-weight buffer U (E x Ob x C4) fits one binding (SD's
+  // 1280-channel layers need 236 MB at F(4x4)); their transforms are made once and reused for every tile chunk.
   const budget = Math.min(ctx.limits.maxStorageBufferBindingSize, chunkBytes);
-  const perTile = E * Math.max(C4, O) * 4;
+  const ob = Math.max(1, Math.min(O, Math.floor(budget / (E * C4 * 4))));
+  const blocks: { o0: number; n: number; U: GPUBuffer }[] = [];
+  for (let o0 = 0; o0 < O; o0 += ob) {
+    const n = Math.min(ob, O - o0);
+    const U = ctx.acquire(E * n * C4 * 4, 'conv2d');
+    dispatchGrid(ctx, { key: `conv2d.wino${m}.weight`, source: () => weightSource(m), buffers: [wBuf, U], kernel: `conv2d.winograd${m}.weight` },
+      [C, n, C4, w.offset + o0 * w.strides[0], ...w.strides, 0, 0], 8, [Math.ceil(C4 / WG), n, 1]);
+    blocks.push({ o0, n, U });
+  }
+  // Tiles per chunk: the transformed input (E x C4 x tc4) and one block's GEMM output (E x Ob x tc4) must fit.
+  const perTile = E * Math.max(C4, Math.min(ob, O)) * 4;
   const tc = Math.max(4, Math.min(ceil4(T), Math.floor(budget / perTile / 4) * 4));
   for (let t0 = 0; t0 < T; t0 += tc) {
     const tcc = Math.min(tc, T - t0), tc4 = ceil4(tcc);
     const V = ctx.acquire(E * C4 * tc4 * 4, 'conv2d');
-    const Mb = ctx.acquire(E * O * tc4 * 4, 'conv2d');
     dispatchGrid(ctx, { key: `conv2d.wino${m}.input`, source: () => inputSource(m), buffers: [xBuf, V], kernel: `conv2d.winograd${m}.input` },
       [C, H, W, ph, pw, th, tw, x.offset, ...x.strides, t0, tcc, C4, tc4, T, 0, 0], 17, [Math.ceil(tc4 / WG), C4, 1]);
-    gemm(ctx, { batch: E, m: O, n: tcc, k: C4, a: U, aOff: 0, aSb: O * C4, aSm: C4, b: V, bOff: 0, bSb: C4 * tc4, bSk: tc4, bCols: tc4,
-      c: Mb, cOff: 0, cSb: O * tc4, cSm: tc4 });
-    dispatchGrid(ctx, { key: `conv2d.wino${m}.output`, source: () => outputSource(m), buffers: [Mb, out.buffer], kernel: `conv2d.winograd${m}.output` },
-      [O, Ho, Wo, th, tw, t0, tcc, tc4, 0, 0], 8, [Math.ceil(tc4 / WG), O, 1]);
-    ctx.release(V); ctx.release(Mb);
+    for (const b of blocks) {
+      const Mb = ctx.acquire(E * b.n * tc4 * 4, 'conv2d');
+      gemm(ctx, { batch: E, m: b.n, n: tcc, k: C4, a: b.U, aOff: 0, aSb: b.n * C4, aSm: C4, b: V, bOff: 0, bSb: C4 * tc4, bSk: tc4, bCols: tc4,
+        c: Mb, cOff: 0, cSb: b.n * tc4, cSm: tc4 });
+      dispatchGrid(ctx, { key: `conv2d.wino${m}.output`, source: () => outputSource(m), buffers: [Mb, out.buffer], kernel: `conv2d.winograd${m}.output` },
+        [b.n, Ho, Wo, th, tw, t0, tcc, tc4, 0, 0, O, b.o0], 8, [Math.ceil(tc4 / WG), b.n, 1]);
+      ctx.release(Mb);
+    }
+    ctx.release(V);
   }
-  ctx.release(U);
+  for (const b of blocks) ctx.release(b.U);
   ctx.lastKernel = `conv2d.winograd${m}`;
 }
