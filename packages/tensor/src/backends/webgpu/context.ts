@@ -66,6 +66,8 @@ export class GpuContext {
   get heldBytes(): number { return this.liveBytes + this.pooledBytes + this.pendingBytes; }
   /** Dispatches recorded before an automatic submit (keeps encoders from growing without bound). */
   static MAX_DISPATCHES_PER_SUBMIT = 512;
+  /** A request may take an idle pooled buffer up to this factor larger than its size class. */
+  static REUSE_SLACK = 1.5;
   /** Idle pooled bytes kept for reuse; above it the largest idle buffers are destroyed. */
   static MAX_POOLED_BYTES = 1024 * 1024 * 1024;
   /** Bytes of freed buffers waiting for a submit before one is forced (see release). */
@@ -121,6 +123,14 @@ export class GpuContext {
     const size = Math.min(this.bucket(bytes), Math.max(maxBinding, 4));
     const list = this.pool.get(size);
     if (list && list.length) { this.pooledBytes -= size; return list.pop()!; }
+    // Best fit among idle buffers up to REUSE_SLACK larger: large buffers come in many size classes, and creating
+    // a new one while a slightly larger one idles grows the pool, whose trimmed buffers Dawn frees only once the
+    // GPU catches up with the recorded work (peak RSS of an SD UNet forward: see docs/tensor.md).
+    if (size > LARGE_BUCKET) {
+      let best = 0;
+      for (const [s, l] of this.pool) if (l.length && s > size && s <= size * GpuContext.REUSE_SLACK && (!best || s < best)) best = s;
+      if (best) { this.pooledBytes -= best; return this.pool.get(best)!.pop()!; }
+    }
     return this.device.createBuffer({ size, usage: STORAGE_USAGE });
   }
 

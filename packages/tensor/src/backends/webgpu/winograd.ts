@@ -154,36 +154,38 @@ export function winogradConv2d(ctx: GpuContext, x: View, w: View, [ph, pw]: [num
   const a = m + 2, E = a * a;
   const th = Math.ceil(Ho / m), tw = Math.ceil(Wo / m), T = N * th * tw;
   const C4 = ceil4(C);
-  // Blocks of output channels so that each transformed-weight buffer U (E x Ob x C4) fits one binding (SD's
-  // 1280-channel layers need 236 MB at F(4x4)); their transforms are made once and reused for every tile chunk.
+  // Output channels in blocks so that each transformed-weight buffer U (E x Ob x C4) fits one binding: SD's
+  // 1280-channel layers need 236 MB at F(4x4). One block's U lives at a time (they are 4x the weights' size).
   const budget = Math.min(ctx.limits.maxStorageBufferBindingSize, chunkBytes);
   const ob = Math.max(1, Math.min(O, Math.floor(budget / (E * C4 * 4))));
-  const blocks: { o0: number; n: number; U: GPUBuffer }[] = [];
+  // Tiles per chunk: the transformed input (E x C4 x tc4) and one block's GEMM output (E x Ob x tc4) must fit.
+  const tc = Math.max(4, Math.min(ceil4(T), Math.floor(budget / (E * Math.max(C4, ob) * 4) / 4) * 4));
+  const transformInput = (t0: number, tcc: number, tc4: number): GPUBuffer => {
+    const V = ctx.acquire(E * C4 * tc4 * 4, 'conv2d');
+    dispatchGrid(ctx, { key: `conv2d.wino${m}.input`, source: () => inputSource(m), buffers: [xBuf, V], kernel: `conv2d.winograd${m}.input` },
+      [C, H, W, ph, pw, th, tw, x.offset, ...x.strides, t0, tcc, C4, tc4, T, 0, 0], 17, [Math.ceil(tc4 / WG), C4, 1]);
+    return V;
+  };
+  // With one tile chunk (the usual case) the transformed input is made once and shared by every block.
+  const shared = tc >= T ? transformInput(0, T, ceil4(T)) : null;
   for (let o0 = 0; o0 < O; o0 += ob) {
     const n = Math.min(ob, O - o0);
     const U = ctx.acquire(E * n * C4 * 4, 'conv2d');
     dispatchGrid(ctx, { key: `conv2d.wino${m}.weight`, source: () => weightSource(m), buffers: [wBuf, U], kernel: `conv2d.winograd${m}.weight` },
       [C, n, C4, w.offset + o0 * w.strides[0], ...w.strides, 0, 0], 8, [Math.ceil(C4 / WG), n, 1]);
-    blocks.push({ o0, n, U });
-  }
-  // Tiles per chunk: the transformed input (E x C4 x tc4) and one block's GEMM output (E x Ob x tc4) must fit.
-  const perTile = E * Math.max(C4, Math.min(ob, O)) * 4;
-  const tc = Math.max(4, Math.min(ceil4(T), Math.floor(budget / perTile / 4) * 4));
-  for (let t0 = 0; t0 < T; t0 += tc) {
-    const tcc = Math.min(tc, T - t0), tc4 = ceil4(tcc);
-    const V = ctx.acquire(E * C4 * tc4 * 4, 'conv2d');
-    dispatchGrid(ctx, { key: `conv2d.wino${m}.input`, source: () => inputSource(m), buffers: [xBuf, V], kernel: `conv2d.winograd${m}.input` },
-      [C, H, W, ph, pw, th, tw, x.offset, ...x.strides, t0, tcc, C4, tc4, T, 0, 0], 17, [Math.ceil(tc4 / WG), C4, 1]);
-    for (const b of blocks) {
-      const Mb = ctx.acquire(E * b.n * tc4 * 4, 'conv2d');
-      gemm(ctx, { batch: E, m: b.n, n: tcc, k: C4, a: b.U, aOff: 0, aSb: b.n * C4, aSm: C4, b: V, bOff: 0, bSb: C4 * tc4, bSk: tc4, bCols: tc4,
-        c: Mb, cOff: 0, cSb: b.n * tc4, cSm: tc4 });
+    for (let t0 = 0; t0 < T; t0 += tc) {
+      const tcc = Math.min(tc, T - t0), tc4 = ceil4(tcc);
+      const V = shared ?? transformInput(t0, tcc, tc4);
+      const Mb = ctx.acquire(E * n * tc4 * 4, 'conv2d');
+      gemm(ctx, { batch: E, m: n, n: tcc, k: C4, a: U, aOff: 0, aSb: n * C4, aSm: C4, b: V, bOff: 0, bSb: C4 * tc4, bSk: tc4, bCols: tc4,
+        c: Mb, cOff: 0, cSb: n * tc4, cSm: tc4 });
       dispatchGrid(ctx, { key: `conv2d.wino${m}.output`, source: () => outputSource(m), buffers: [Mb, out.buffer], kernel: `conv2d.winograd${m}.output` },
-        [b.n, Ho, Wo, th, tw, t0, tcc, tc4, 0, 0, O, b.o0], 8, [Math.ceil(tc4 / WG), b.n, 1]);
+        [n, Ho, Wo, th, tw, t0, tcc, tc4, 0, 0, O, o0], 8, [Math.ceil(tc4 / WG), n, 1]);
       ctx.release(Mb);
+      if (!shared) ctx.release(V);
     }
-    ctx.release(V);
+    ctx.release(U);
   }
-  for (const b of blocks) ctx.release(b.U);
+  if (shared) ctx.release(shared);
   ctx.lastKernel = `conv2d.winograd${m}`;
 }
