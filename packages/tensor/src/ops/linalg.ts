@@ -7,6 +7,7 @@ import type { Tensor } from '../tensor.js';
 import { as3d, backendOf, empty, launch, requireFloat } from './core.js';
 import { contiguous, expand, reshape, transpose, unsqueeze } from './views.js';
 import { unbroadcast } from './broadcast.js';
+import { batchedView3d } from './batched.js';
 import { activationDerivative, mul } from './elementwise.js';
 import { sum } from './reduce.js';
 
@@ -33,17 +34,8 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   const out = empty(be, [...batch, m, n], 'float32');
   noGrad(() => {
     const temps: Tensor[] = [];
-    const view3d = (x: Tensor, shape: number[]): View => {
-      const e = expand(x, shape);
-      if (e !== x) temps.push(e);
-      const v = as3d(e);
-      if (v) return v;
-      const c = contiguous(e);
-      temps.push(c);
-      return as3d(c)!;
-    };
-    const av = view3d(a, [...batch, m, k]);
-    const bv = view3d(b, [...batch, k, n]);
+    const av = batchedView3d(a, [...batch, m, k], temps);
+    const bv = batchedView3d(b, [...batch, k, n], temps);
     launch('matmul', be, [a, b], [out], () => be.matmul(av, bv, out.storage));
     for (const t of temps) t.dispose();
   });

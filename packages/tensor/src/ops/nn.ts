@@ -13,6 +13,7 @@ import { unbroadcast } from './broadcast.js';
 import { broadcastShapes, numel } from '../shape.js';
 import { keep, tidy } from '../memory.js';
 import { matmul } from './linalg.js';
+import { batchedView3d } from './batched.js';
 import { checkGroupNorm } from './norm.js';
 import type { View } from '../backend.js';
 import { as3d, backendOf, empty, launch } from './core.js';
@@ -124,16 +125,6 @@ function attentionShapes(q: Tensor, k: Tensor, v: Tensor, o: AttentionOptions): 
 }
 
 
-/** x expanded to [...batch, R, C] as a 3D view, copying (into `temps`) only when the batch dims do not merge. */
-function attentionView(x: Tensor, batch: readonly number[], temps: Tensor[]): View {
-  const e = expand(x, [...batch, ...x.shape.slice(-2)]);
-  if (e !== x) temps.push(e);
-  const v = as3d(e);
-  if (v) return v;
-  const c = contiguous(e);
-  temps.push(c);
-  return as3d(c)!;
-}
 
 /**
  * The fused primitive: the backend's `attention` kernel forward, its `attentionBackward` kernel backward
@@ -149,7 +140,7 @@ function fusedAttention(q: Tensor, k: Tensor, v: Tensor, scale: number, batch: n
   const recording = isGradEnabled() && [q, k, v].some((t) => t.requiresGrad);
   const views = (f: (qv: View, kv: View, vv: View) => void): void => noGrad(() => {
     const temps: Tensor[] = [];
-    try { f(attentionView(q, batch, temps), attentionView(k, batch, temps), attentionView(v, batch, temps)); } finally { for (const t of temps) t.dispose(); }
+    try { f(batchedView3d(q, [...batch, ...q.shape.slice(-2)], temps), batchedView3d(k, [...batch, ...k.shape.slice(-2)], temps), batchedView3d(v, [...batch, ...v.shape.slice(-2)], temps)); } finally { for (const t of temps) t.dispose(); }
   });
   views((qv, kv, vv) => launch('attention', be, [q, k, v], [out], () => be.attention(qv, kv, vv, scale, out.storage, lse.storage)));
   if (!recording) { lse.dispose(); return out; }
@@ -159,7 +150,7 @@ function fusedAttention(q: Tensor, k: Tensor, v: Tensor, scale: number, batch: n
     const dk = empty(be, [...batch, ...k.shape.slice(-2)], 'float32');
     const dv = empty(be, [...batch, ...v.shape.slice(-2)], 'float32');
     const temps: Tensor[] = [];
-    const gv = attentionView(g!, batch, temps);
+    const gv = batchedView3d(g!, [...batch, ...g!.shape.slice(-2)], temps);
     views((qv, kv, vv) => launch('attentionBackward', be, [q, k, v, g!], [dq, dk, dv], () => be.attentionBackward(qv, kv, vv, as3d(out)!, lse, gv, scale, dq.storage, dk.storage, dv.storage)));
     for (const t of temps) t.dispose();
     return [unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)];
